@@ -1,0 +1,141 @@
+"""Layer names a user can type, for any network with a ``features`` sequence (zfnet, AlexNet, VGG16, ...).
+
+Names follow the papers: ``conv1 ... conv5`` with ``relu``, ``pool``, ``norm`` and ``drop`` of the same number after
+each conv (ZF, AlexNet), or ``conv1_1 ... conv5_3`` and ``pool1 ... pool5`` by block (VGG, when the model has
+``layer_naming = "block"``); linear layers of ``classifier`` are ``fc6, fc7, fc8``.  The integers 1..5 (or "1".."5")
+name the paper's convolutional layers.
+
+The *tap* of a layer is where its activations are read:
+
+- ``"relu"`` (default): after the layer's ReLU, the rectified maps the deconvnet starts from (paper section 2.1).
+- ``"conv"``: the convolution's raw output, before the ReLU.
+- ``"output"``: the end of the layer's block, after its pool and normalisation if it has them (the input of the
+  next layer).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from torch import nn
+
+TAPS = ("relu", "conv", "output")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A named module: ``name`` as a user types it, ``path`` as in ``model.named_modules()``, ``index`` in
+    ``model.features`` (or ``None`` in the classifier)."""
+
+    name: str
+    path: str
+    module: nn.Module
+    index: int | None
+
+
+def layer_table(model: nn.Module) -> "OrderedDict[str, Layer]":
+    """Every nameable layer of ``model``, in forward order."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise TypeError(f"{type(model).__name__} has no `features` nn.Sequential; zf names and inverts layers of "
+                        "models built as features -> classifier (zfnet, torchvision AlexNet/VGG, or your own)")
+    block = getattr(model, "layer_naming", "sequential") == "block"
+    table: OrderedDict[str, Layer] = OrderedDict()
+    conv, blk, in_blk, seen = 0, 1, 0, {}
+    for i, (key, m) in enumerate(features.named_children()):
+        if isinstance(m, nn.Conv2d):
+            conv += 1
+            in_blk += 1
+        tag = f"{blk}_{in_blk}" if block else str(conv)
+        if isinstance(m, nn.Conv2d):
+            kind = "conv"
+        elif isinstance(m, nn.ReLU):
+            kind = "relu"
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            kind, tag = "pool", (str(blk) if block else str(conv))
+        elif isinstance(m, nn.LocalResponseNorm):
+            kind = "norm"
+        elif isinstance(m, (nn.BatchNorm2d,)):
+            kind = "bn"
+        elif isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            kind = "drop"
+        else:
+            kind = type(m).__name__.lower()
+        name = key if not key.isdigit() else f"{kind}{tag}"
+        # a second module of the same kind after one conv (rare): suffix it
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        else:
+            seen[name] = 0
+        table[name] = Layer(name, f"features.{key}", m, i)
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            blk, in_blk = blk + 1, 0
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Sequential):
+        fc = 5
+        for key, m in classifier.named_children():
+            if isinstance(m, nn.Linear):
+                fc += 1
+            kind = {nn.Linear: "fc", nn.ReLU: "relu", nn.Dropout: "drop"}.get(type(m), type(m).__name__.lower())
+            name = key if not key.isdigit() else f"{kind}{fc}"
+            if name in table:
+                name = f"{name}_fc"
+            table[name] = Layer(name, f"classifier.{key}", m, None)
+    return table
+
+
+def layer_names(model: nn.Module, kind: str | None = "conv") -> list[str]:
+    """Names of ``model``'s layers of one kind (``conv``, ``relu``, ``pool``, ``fc``...; ``None`` for all)."""
+    table = layer_table(model)
+    if kind is None:
+        return list(table)
+    types = {"conv": nn.Conv2d, "relu": nn.ReLU, "pool": (nn.MaxPool2d, nn.AvgPool2d), "fc": nn.Linear,
+             "norm": nn.LocalResponseNorm}[kind]
+    return [n for n, l in table.items() if isinstance(l.module, types)]
+
+
+def resolve_layer(model: nn.Module, layer: int | str, tap: str = "relu") -> Layer:
+    """The module whose output is the activation of ``layer`` at ``tap`` (see the module docstring).
+
+    ``layer`` is an integer 1..5 (the paper's convolutional layers: the i-th conv, or the last conv of block i for
+    block-named models), a layer name (``conv4``, ``pool5``, ``fc6``, ``conv5_3``) or a module path
+    (``features.9``).  Raises ``KeyError`` listing the names that exist.
+    """
+    if tap not in TAPS:
+        raise ValueError(f"tap={tap!r}: use one of {TAPS}")
+    table = layer_table(model)
+    key = str(layer)
+    convs = layer_names(model, "conv")
+    if key.isdigit():
+        i = int(key)
+        if getattr(model, "layer_naming", "sequential") == "block":
+            cands = [n for n in convs if n.startswith(f"conv{i}_")]
+            key = cands[-1] if cands else key
+        elif 1 <= i <= len(convs):
+            key = convs[i - 1]
+    by_path = {l.path: l for l in table.values()}
+    if key in by_path:
+        key = by_path[key].name
+    if key not in table:
+        raise KeyError(f"layer {layer!r} does not exist in {type(model).__name__}; layers: {', '.join(table)} "
+                       f"(or 1..{len(convs)} for the conv layers)")
+    names = list(table)
+    at = table[key]
+    if tap == "conv" or not isinstance(at.module, (nn.Conv2d, nn.Linear)):
+        return at
+    # walk forward from the conv/fc to its ReLU ("relu") or to the end of its block ("output")
+    j = names.index(key)
+    out = at
+    for n in names[j + 1:]:
+        m = table[n].module
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or (table[n].index is None) != (at.index is None):
+            break
+        if tap == "relu":
+            if isinstance(m, nn.ReLU):
+                return table[n]
+            continue
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            continue
+        out = table[n]
+    return out
