@@ -1,0 +1,454 @@
+"""The deconvnet of Zeiler & Fergus (section 2.1), guided backpropagation and the plain gradient, for the ``features``
+of zfnet, AlexNet or VGG16 (and fc targets).
+
+To see one activation, every other activation of its layer is set to zero and the signal goes back down to pixels,
+repeating (i) unpool with the switches of this image's forward pass, (ii) rectify, (iii) filter with the transposed
+filters (no bias).  The three methods differ only at the ReLUs (``g`` the signal coming down, ``x`` the ReLU's
+forward input):
+
+    gradient   g * [x > 0]              (the true vector-Jacobian product)
+    deconvnet  max(g, 0)                (the paper)
+    guided     max(g, 0) * [x > 0]      (Springenberg et al. 2015)
+
+Unpooling is the max-pool gradient: with overlapping pools (3x3, stride 2) two windows can pick the same input
+location, and their signals add up there.  Contrast normalisation (LRN) is skipped in the reverse path by default
+(``norm="identity"``; the paper is silent), or reversed by its true vector-Jacobian product (``norm="gradient"``).
+Dropout is the identity, batch norm (running statistics) its per-channel scale.  Biases are never used.
+
+Speed (``crop=True``): a unit's projection only needs the pixels of its receptive field.  The forward pass runs once
+on the distinct images and records the switches (and ReLU masks, LRN inputs when needed).  The reverse pass then runs
+on small windows: 1x1 at the target, growing through each conv/pool (an output window ``[a, b]`` needs the input
+window ``[a*s - p, b*s - p + k - 1]``) up to the unit's receptive field in pixels (``zf.receptive``).  All rows share
+the window sizes, so thousands of projections run as one batch of small tensors.  ``crop=False`` runs autograd on
+whole images with the ReLU rule swapped in; it is the reference, and the path for fc targets.
+
+    >>> rows = torch.tensor([[0, 5, 6, 6]])               # image 0, channel 5 of relu4, at (6, 6)
+    >>> p = project(model, images, rows, layer=4)           # (1, 3, 224, 224)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zf.layers import Layer, resolve_layer
+
+METHODS = ("deconvnet", "guided", "gradient")
+SEEDS = ("activation", "one")
+NORMS = ("identity", "gradient")
+
+_POINTWISE_OK = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
+_SUPPORTED = ("Conv2d (dilation 1, zero padding), ReLU, MaxPool2d (dilation 1), LocalResponseNorm, "
+              "BatchNorm2d (running statistics), Dropout, Dropout2d, Identity")
+
+
+class NotInvertibleError(ValueError):
+    """A module on the way down from the target cannot be reversed by the deconvnet."""
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _check_module(path: str, m: nn.Module) -> None:
+    why = None
+    if isinstance(m, nn.Conv2d):
+        if _pair(m.dilation) != (1, 1):
+            why = f"dilation {m.dilation}"
+        elif isinstance(m.padding, str) or m.padding_mode != "zeros":
+            why = f"padding {m.padding!r} / padding_mode {m.padding_mode!r}"
+    elif isinstance(m, nn.MaxPool2d):
+        if _pair(m.dilation) != (1, 1):
+            why = f"dilation {m.dilation}"
+    elif isinstance(m, nn.BatchNorm2d):
+        if m.running_var is None:
+            why = "no running statistics"
+    elif not isinstance(m, _POINTWISE_OK):
+        why = "unsupported module"
+    if why:
+        raise NotInvertibleError(f"cannot invert {path} ({type(m).__name__}): {why}. The deconvnet reverses only "
+                                 f"{_SUPPORTED} (and Linear/ReLU/Dropout in the classifier).")
+
+
+@dataclass(frozen=True)
+class _Target:
+    layer: Layer
+    stop: int  # last index of model.features that runs
+    head: int | None  # last index of model.classifier that runs (None: the target is in features)
+
+
+def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> Layer:
+    """The layer ``resolve_layer(model, layer, tap)``, after checking every module between it and the pixels can be
+    reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``)."""
+    return _target(model, layer, tap).layer
+
+
+def _target(model: nn.Module, layer: int | str, tap: str) -> _Target:
+    lay = resolve_layer(model, layer, tap)
+    feats = list(model.features.named_children())
+    if lay.index is not None:
+        stop, head = lay.index, None
+    else:
+        stop = len(feats) - 1
+        keys = [k for k, _ in model.classifier.named_children()]
+        head = keys.index(lay.path.split(".", 1)[1])
+        for k, m in list(model.classifier.named_children())[:head + 1]:
+            if not isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout, nn.Identity, nn.Flatten)):
+                raise NotInvertibleError(f"cannot invert classifier.{k} ({type(m).__name__}): the classifier path "
+                                         "reverses Linear, ReLU, Dropout, Identity")
+    for k, m in feats[:stop + 1]:
+        _check_module(f"features.{k}", m)
+    return _Target(lay, stop, head)
+
+
+def _batch_norm(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# forward pass on whole images, recording what the reverse pass needs
+
+
+@dataclass
+class _Record:
+    shape: tuple  # the module's input shape (N, C, H, W)
+    switches: torch.Tensor | None = None  # max pool: (N, C, h, w) flat argmax into the input's H*W
+    mask: torch.Tensor | None = None  # ReLU: (N, C, H, W) bool, input > 0
+    saved: torch.Tensor | None = None  # LRN: (N, C, H, W) input
+
+
+def _forward_features(features: nn.Sequential, x: torch.Tensor, stop: int, masks: bool = False,
+                      lrn_inputs: bool = False) -> tuple[torch.Tensor, list[_Record]]:
+    """Run ``features[:stop + 1]`` on x (N, 3, H, W) in eval semantics (dropout off, batch norm with running
+    statistics); returns the output and one record per module."""
+    recs = []
+    for i in range(stop + 1):
+        m = features[i]
+        rec = _Record(tuple(x.shape))
+        if isinstance(m, nn.MaxPool2d):
+            x, rec.switches = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                                           return_indices=True)
+        elif isinstance(m, nn.ReLU):
+            if masks:
+                rec.mask = x > 0
+            x = F.relu(x)
+        elif isinstance(m, nn.LocalResponseNorm):
+            if lrn_inputs:
+                rec.saved = x
+            x = m(x)
+        elif isinstance(m, nn.BatchNorm2d):
+            x = _batch_norm(m, x)
+        elif isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+            pass
+        else:
+            x = m(x)
+        recs.append(rec)
+    return x, recs
+
+
+def _forward_head(model: nn.Module, x: torch.Tensor, head: int, relu=F.relu) -> torch.Tensor:
+    """From the features' output x (N, C, H, W) through avgpool, flatten and ``classifier[:head + 1]``."""
+    pool = getattr(model, "avgpool", None)
+    if pool is not None:
+        x = pool(x)
+    x = torch.flatten(x, 1)
+    for m in list(model.classifier)[:head + 1]:
+        if isinstance(m, nn.ReLU):
+            x = relu(x)
+        elif not isinstance(m, (nn.Dropout, nn.Identity)):
+            x = m(x)
+    return x
+
+
+@torch.no_grad()
+def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: str = "relu") -> torch.Tensor:
+    """The activations of ``layer`` at ``tap`` (see ``zf.layers``) for images (N, 3, H, W): (N, C, h, w), or
+    (N, C, 1, 1) for a classifier layer.  Eval semantics whatever ``model.training`` is."""
+    t = _target(model, layer, tap)
+    x, _ = _forward_features(model.features, images, t.stop)
+    if t.head is not None:
+        x = _forward_head(model, x, t.head)[:, :, None, None]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reverse pass on windows
+
+
+def _window_index(o: torch.Tensor, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions o[:, None] + arange(size) clamped into [0, size_of_map n), and whether each was inside: (R, size)."""
+    pos = o[:, None] + torch.arange(size, device=o.device)
+    return pos.clamp(0, n - 1), (pos >= 0) & (pos < n)
+
+
+def _gather(t: torch.Tensor, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, h: int, w: int):
+    """Windows of t (N, C, H, W): for each row r, t[img[r], :, oy[r]:oy[r]+h, ox[r]:ox[r]+w] -> (R, C, h, w), with
+    clamped values outside the map, and the (R, 1, h, w) bool mask of positions inside it."""
+    _, c, hh, ww = t.shape
+    ys, vy = _window_index(oy, hh, h)
+    xs, vx = _window_index(ox, ww, w)
+    ch = torch.arange(c, device=t.device)
+    out = t[img[:, None, None, None], ch[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+    return out, vy[:, None, :, None] & vx[:, None, None, :]
+
+
+def _inside(oy, ox, h, w, hh, ww) -> torch.Tensor:
+    _, vy = _window_index(oy, hh, h)
+    _, vx = _window_index(ox, ww, w)
+    return vy[:, None, :, None] & vx[:, None, None, :]
+
+
+def _relu_rule(sig: torch.Tensor, mask: torch.Tensor | None, method: str) -> torch.Tensor:
+    if method == "deconvnet":
+        return sig.clamp_min(0)
+    if method == "guided":
+        sig = sig.clamp_min(0)
+    return torch.where(mask, sig, torch.zeros((), dtype=sig.dtype, device=sig.device))
+
+
+def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, sig: torch.Tensor, img: torch.Tensor,
+                     oy: torch.Tensor, ox: torch.Tensor, method: str, norm: str):
+    """Take sig (R, C, h, w), the windows at the output of ``features[stop]`` whose top-left corners are (oy, ox)
+    (R,) in the maps of images img (R,), down to pixels: returns (R, 3, h0, w0) and the new corners (oy, ox)."""
+    for i in range(stop, -1, -1):
+        m, rec = features[i], recs[i]
+        _, _, hh, ww = rec.shape  # this module's input map
+        r, c, h, w = sig.shape
+        if isinstance(m, nn.Conv2d):
+            (sy, sx), (py, px) = _pair(m.stride), _pair(m.padding)
+            sig = F.conv_transpose2d(sig, m.weight, stride=(sy, sx), groups=m.groups)
+            oy, ox = oy * sy - py, ox * sx - px
+            sig = sig * _inside(oy, ox, sig.shape[2], sig.shape[3], hh, ww)  # padding is not part of the map
+        elif isinstance(m, nn.MaxPool2d):
+            (ky, kx), (sy, sx), (py, px) = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+            idx, ok = _gather(rec.switches, img, oy, ox, h, w)
+            oy, ox = oy * sy - py, ox * sx - px
+            h2, w2 = (h - 1) * sy + ky, (w - 1) * sx + kx
+            ry = torch.div(idx, ww, rounding_mode="floor") - oy[:, None, None, None]
+            rx = idx % ww - ox[:, None, None, None]
+            flat = torch.where(ok, ry * w2 + rx, 0).view(r, c, h * w)
+            # scatter_add: windows that share an input location add up there (the max-pool gradient)
+            sig = sig.new_zeros(r, c, h2 * w2).scatter_add_(2, flat, sig.reshape(r, c, h * w)).view(r, c, h2, w2)
+        elif isinstance(m, nn.ReLU):
+            mask = None if method == "deconvnet" else _gather(rec.mask, img, oy, ox, h, w)[0]
+            sig = _relu_rule(sig, mask, method)
+        elif isinstance(m, nn.LocalResponseNorm):
+            if norm == "gradient":  # LRN mixes channels at one pixel only, so the window's inputs suffice
+                x = _gather(rec.saved, img, oy, ox, h, w)[0].requires_grad_(True)
+                with torch.enable_grad():
+                    sig = torch.autograd.grad(m(x), x, sig)[0]
+        elif isinstance(m, nn.BatchNorm2d):
+            scale = torch.rsqrt(m.running_var + m.eps)
+            if m.weight is not None:
+                scale = m.weight * scale
+            sig = sig * scale[None, :, None, None]
+        # Dropout, Identity: nothing
+    return sig, oy, ox
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# full-image reference: autograd with the ReLU rule swapped in
+
+
+class _ReLURule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, method):
+        ctx.method = method
+        ctx.save_for_backward(x > 0)
+        return F.relu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        return _relu_rule(g, mask, ctx.method), None
+
+
+class _SkipBackward(torch.autograd.Function):
+    """Forward through a module, identity backward (LRN with ``norm="identity"``)."""
+
+    @staticmethod
+    def forward(ctx, x, module):
+        return module(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def _forward_rule(model: nn.Module, t: _Target, x: torch.Tensor, method: str, norm: str) -> torch.Tensor:
+    """Forward x (N, 3, H, W) to the target with autograd, with the method's ReLU rule and the norm rule as
+    backward; returns (N, C, h, w) (or (N, C, 1, 1) for a classifier target)."""
+    relu = lambda v: _ReLURule.apply(v, method)  # noqa: E731
+    for i in range(t.stop + 1):
+        m = model.features[i]
+        if isinstance(m, nn.ReLU):
+            x = relu(x)
+        elif isinstance(m, nn.LocalResponseNorm):
+            x = _SkipBackward.apply(x, m) if norm == "identity" else m(x)
+        elif isinstance(m, nn.BatchNorm2d):
+            x = _batch_norm(m, x)
+        elif isinstance(m, nn.MaxPool2d):
+            x = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        elif not isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+            x = m(x)
+    if t.head is not None:
+        x = _forward_head(model, x, t.head, relu)[:, :, None, None]
+    return x
+
+
+def _project_full(model, t, images, rows, method, seed, norm):
+    x = images[rows[:, 0]].detach().requires_grad_(True)
+    with torch.enable_grad():
+        acts = _forward_rule(model, t, x, method, norm)
+        _check_rows(rows, acts.shape, t.layer)
+        ar = torch.arange(len(rows), device=rows.device)
+        value = acts[ar, rows[:, 1], rows[:, 2], rows[:, 3]].detach()
+        g = torch.zeros_like(acts)
+        g[ar, rows[:, 1], rows[:, 2], rows[:, 3]] = value if seed == "activation" else 1.0
+        return torch.autograd.grad(acts, x, g)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public API
+
+
+def _check_rows(rows: torch.Tensor, shape, layer: Layer) -> None:
+    _, c, h, w = shape
+    for j, (name, n) in enumerate((("channel", c), ("y", h), ("x", w)), start=1):
+        col = rows[:, j]
+        if len(col) and (int(col.min()) < 0 or int(col.max()) >= n):
+            raise IndexError(f"rows: {name} out of range for {layer.name} ({layer.path}) with maps {tuple(shape[1:])}")
+
+
+def _check_args(images, rows, method, seed, norm):
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: use one of {METHODS}")
+    if seed not in SEEDS:
+        raise ValueError(f"seed={seed!r}: use one of {SEEDS}")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}: use one of {NORMS}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    rows = torch.as_tensor(rows, device=images.device).long().reshape(-1, 4)
+    if len(rows) and (int(rows[:, 0].min()) < 0 or int(rows[:, 0].max()) >= len(images)):
+        raise IndexError(f"rows: image index out of range for {len(images)} images")
+    return rows
+
+
+def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float = 2 ** 28) -> int:
+    """Rows per reverse batch so that the largest window tensors stay near ``budget`` bytes."""
+    h = w = 1
+    worst = channels
+    for i in range(stop, -1, -1):
+        m = features[i]
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            (ky, kx), (sy, sx) = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+            h, w = (h - 1) * sy + ky, (w - 1) * sx + kx
+            channels = getattr(m, "in_channels", channels)
+        worst = max(worst, channels * h * w)
+    per_row = 40 * worst  # float signal, int64 switches and scatter indices, temporaries
+    return int(max(1, min(4096, budget // per_row)))
+
+
+def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
+                    method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
+                    batch_size: int | None = None, images_per_chunk: int = 32):
+    """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, s)
+    the projections inside each unit's receptive field (``s = zf.receptive`` size; zero outside the image) and
+    corners (R, 2) the (y0, x0) of each window in the image (may be negative).  Mining crops patches from these
+    without ever building (R, 3, H, W)."""
+    rows = _check_args(images, rows, method, seed, norm)
+    t = _target(model, layer, tap)
+    if t.head is not None:
+        raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
+                         "project(..., crop=False)")
+    return _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
+
+
+def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk):
+    dev = images.device
+    out, corners = None, torch.zeros(len(rows), 2, dtype=torch.long, device=dev)
+    order = torch.argsort(rows[:, 0], stable=True)
+    uniq = torch.unique(rows[:, 0])
+    for u0 in range(0, len(uniq), images_per_chunk):
+        ids = uniq[u0:u0 + images_per_chunk]
+        with torch.no_grad():
+            acts, recs = _forward_features(model.features, images[ids], t.stop, masks=method != "deconvnet",
+                                           lrn_inputs=norm == "gradient")
+        local = torch.full((len(images),), -1, dtype=torch.long, device=dev)
+        local[ids] = torch.arange(len(ids), device=dev)
+        sel = order[local[rows[order, 0]] >= 0]
+        sub = rows[sel]
+        _check_rows(sub, acts.shape, t.layer)
+        bs = batch_size or _row_chunk(model.features, t.stop, acts.shape[1])
+        for b0 in range(0, len(sel), bs):
+            r = sub[b0:b0 + bs]
+            idx = sel[b0:b0 + bs]
+            img, ch, y, x = local[r[:, 0]], r[:, 1], r[:, 2], r[:, 3]
+            sig = torch.zeros(len(r), acts.shape[1], 1, 1, dtype=acts.dtype, device=dev)
+            ar = torch.arange(len(r), device=dev)
+            sig[ar, ch, 0, 0] = acts[img, ch, y, x] if seed == "activation" else 1.0
+            with torch.no_grad():
+                win, oy, ox = _reverse_windows(model.features, recs, t.stop, sig, img, y, x, method, norm)
+            if out is None:
+                out = win.new_zeros(len(rows), *win.shape[1:])
+            out[idx] = win
+            corners[idx, 0], corners[idx, 1] = oy, ox
+    if out is None:  # no rows
+        out = images.new_zeros(0, images.shape[1], 1, 1)
+    return out, corners
+
+
+def _paste(win: torch.Tensor, corners: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Windows (R, C, s, s) with top-left corners (R, 2) onto a zero canvas (R, C, H, W), clipped at the borders."""
+    r, c, h, w = win.shape
+    hh, ww = hw
+    ys, vy = _window_index(corners[:, 0], hh, h)
+    xs, vx = _window_index(corners[:, 1], ww, w)
+    ok = vy[:, None, :, None] & vx[:, None, None, :]
+    flat = (ys[:, None, :, None] * ww + xs[:, None, None, :]).expand(r, c, h, w).reshape(r, c, -1)
+    vals = torch.where(ok, win, 0).reshape(r, c, -1)  # clamped positions outside add zeros
+    return win.new_zeros(r, c, hh * ww).scatter_add_(2, flat, vals).view(r, c, hh, ww)
+
+
+def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
+            method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
+            crop: bool = True, batch_size: int | None = None, images_per_chunk: int = 32) -> torch.Tensor:
+    """Project single activations down to pixel space (section 2.1).
+
+    Args:
+        model: a network with ``features`` (and ``classifier``): zfnet, torchvision AlexNet / VGG16.  Its
+            ``training`` flag is ignored: dropout is off and batch norm uses running statistics.
+        images: (N, 3, H, W) normalised model inputs.
+        rows: (R, 4) long, one projection per row: (image index into ``images``, channel, y, x) of the activation at
+            the layer's tap (y = x = 0 for a classifier layer).  Rows may mix images, channels and positions.
+        layer: anything ``zf.layers.resolve_layer`` takes: 1..5, ``"conv4"``, ``"pool5"``, ``"fc6"``, ``"features.9"``.
+        method: ``"deconvnet"`` (the paper), ``"guided"`` or ``"gradient"`` (see the module docstring).
+        seed: ``"activation"`` (the signal starts at the activation's value, as in the paper) or ``"one"``
+            (1.0: the result is then the gradient-like map of the unit, as captum's Neuron* methods give).
+        tap: ``"relu"``, ``"conv"`` or ``"output"`` (see ``zf.layers``).
+        norm: LRN in the reverse path: ``"identity"`` (skipped) or ``"gradient"`` (its vector-Jacobian product).
+        crop: reverse on receptive-field windows (fast; the default).  ``False``: autograd on whole images (the
+            reference; always used for classifier layers).
+        batch_size: rows per reverse batch (default: sized to keep the window tensors near 256 MB with ``crop``,
+            8 rows without).
+        images_per_chunk: distinct images per forward pass (``crop`` only).
+
+    Returns:
+        (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.receptive.unit_box``).
+    """
+    rows = _check_args(images, rows, method, seed, norm)
+    t = _target(model, layer, tap)
+    if crop and t.head is None:
+        win, corners = _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
+        return _paste(win, corners, tuple(images.shape[2:]))
+    bs = batch_size or 8
+    out = images.new_zeros(len(rows), *images.shape[1:])
+    for b0 in range(0, len(rows), bs):
+        out[b0:b0 + bs] = _project_full(model, t, images, rows[b0:b0 + bs], method, seed, norm)
+    return out
+
+
+__all__ = ["project", "project_windows", "activations", "check_invertible", "NotInvertibleError", "METHODS"]
