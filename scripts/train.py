@@ -1,0 +1,21 @@
+"""Train a model: ``python scripts/train.py [experiment=default_model] [train.epochs=N] [-m ...]``.
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=N scripts/train.py ...``.  See configs/train.yaml.
+"""
+import os
+from pathlib import Path
+
+import hydra
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg):
+    from zf.tasks import train_task
+
+    return train_task(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Training with the paper's recipe (section 3 of arXiv:1311.2901), resumable and distributed.
+
+    python scripts/train.py                         # the paper's recipe on Imagenette, quarter width
+    python scripts/train.py experiment=default_model   # the shipped checkpoint's run
+    torchrun --nproc_per_node=8 scripts/train.py data.root=/data/imagenet model.width=1.0
+
+The loop: SGD with momentum (or AdamW), a learning-rate schedule, dropout in fc6/fc7 (in the model), random crops and
+flips (``zf.data.BatchAugment``), and feature scale clipping after every update (``clip_feature_scale_``).
+After every epoch a checkpoint holds the model, optimiser and scheduler state, the epoch, the metrics and the
+resolved config; ``resume=True`` restarts a killed run from it.  Each epoch reseeds every random number generator
+from ``(seed, epoch)``, so a resumed run redoes the interrupted epoch exactly and ends with the weights an
+uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .data import Normalize, collate_skip
+from .tracking import Tracker
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of the loop.  Defaults are the paper's recipe where it gives one."""
+
+    epochs: int = 70
+    batch_size: int = 128                 # global batch; split across distributed processes
+    optimizer: str = "sgd"                # sgd | adamw
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "plateau"             # plateau (lowered x0.1 when val loss stalls) | onecycle | cosine | step | constant
+    plateau_patience: int = 2
+    step_epochs: Sequence[int] = ()       # for schedule=step: epochs at which lr is divided by 10
+    warmup_fraction: float = 0.25         # for onecycle
+    label_smoothing: float = 0.0
+    clip_radius: float | None = 0.1       # feature scale clipping (RMS radius); None to switch off
+    clip_layers: str = "all"              # all | conv1: which conv layers are clipped
+    sizes: dict = field(default_factory=dict)  # {first_epoch: input size}: progressive resizing; {} keeps the data's
+    val_every: int = 1
+    snapshot_epochs: Sequence[int] = (1, 2, 5, 10, 20)  # feature-extractor snapshots (paper Fig. 4); the last is added
+    seed: int = 0
+    num_workers: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+
+def clip_feature_scale_(model: nn.Module, radius: float = 0.1, layers: str = "all") -> int:
+    """Feature scale clipping (section 3): every conv filter whose RMS exceeds ``radius`` is rescaled to RMS
+    ``radius``.  Works in place on ``model``'s ``nn.Conv2d`` weights (each output channel is one filter);
+    ``layers="conv1"`` clips only the first conv.  Returns the number of filters rescaled."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if layers == "conv1":
+        convs = convs[:1]
+    elif layers != "all":
+        raise ValueError(f"clip_layers={layers!r}: use all or conv1")
+    n = 0
+    with torch.no_grad():
+        for m in convs:
+            w = m.weight
+            rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            over = rms > radius
+            n += int(over.sum())
+            w.mul_(torch.where(over, radius / rms, torch.ones_like(rms)))
+    return n
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on biases (they start at 0 in the paper and have no scale to control)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"optimizer {cfg.optimizer!r}: use sgd or adamw")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Returns (scheduler, per_batch).  ``plateau`` steps on the validation loss once per epoch."""
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg.plateau_patience), False
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=cfg.warmup_fraction), True
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch), True
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.step_epochs), gamma=0.1), False
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), False
+    raise ValueError(f"schedule {cfg.schedule!r}: use plateau, onecycle, cosine, step or constant")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, normalize: Normalize, device: torch.device | str = "cpu",
+             progress: bool = False) -> dict:
+    """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader`` (batches of (uint8 images, labels, idx))."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    n = loss = top1 = top5 = 0.0
+    for batch in tqdm(loader, desc="val", leave=False, disable=not progress, mininterval=5):
+        if batch is None:
+            continue
+        x, y = normalize(batch[0].to(device)), batch[1].to(device)
+        out = model(x)
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        k = min(5, out.shape[1])
+        pred = out.topk(k, dim=1).indices
+        top1 += float((pred[:, 0] == y).sum())
+        top5 += float((pred == y[:, None]).any(dim=1).sum())
+        n += len(y)
+    return {"loss": loss / max(n, 1), "top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "n": int(n)}
+
+
+def distributed_setup() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) from torchrun's environment; nccl on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write ``obj`` to ``path`` so that a kill mid-write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def feature_state(model: nn.Module, half: bool = True) -> dict:
+    """The conv layers' weights and biases only (``features.*``), optionally in float16: a small snapshot."""
+    return {k: (v.half() if half and v.is_floating_point() else v).clone()
+            for k, v in model.state_dict().items() if k.startswith("features.")}
+
+
+def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: str | os.PathLike,
+        cfg: TrainConfig, meta: dict | None = None, tracker: Tracker | None = None, resume: bool = True,
+        config_to_save: dict | None = None, augment: nn.Module | None = None) -> list[dict]:
+    """Train ``model`` on ``train_set`` (items ``(uint8 image, label, index)``), validating on ``val_set``.
+
+    Writes ``out_dir/checkpoints/last.pt`` after every epoch and ``features_epochNNN.pt`` at ``snapshot_epochs`` and
+    at the end.  With ``resume`` and an existing ``last.pt``, training continues after its epoch.
+    ``meta`` (class names, normalisation, input size) is stored in every checkpoint.  ``augment`` (a
+    ``zf.data.BatchAugment``) maps each uint8 batch to float pixels; its ``size`` is set at the epochs listed in
+    ``cfg.sizes`` (progressive resizing).  Returns the metric history, one dict per epoch.
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = distributed_setup()
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    meta = dict(meta or {})
+    tracker = tracker or Tracker(enabled=False)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    local_batch = cfg.batch_size // world
+
+    model.to(device)
+    normalize = Normalize(meta.get("mean", (0.485, 0.456, 0.406)), meta.get("std", (0.229, 0.224, 0.225))).to(device)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=False)
+    loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate_skip, drop_last=True, persistent_workers=cfg.num_workers > 0)
+    val_loader = (DataLoader(val_set, batch_size=max(local_batch, 64), shuffle=False, num_workers=cfg.num_workers,
+                             collate_fn=collate_skip) if val_set is not None else None)
+    steps = len(loader)
+    if steps == 0:
+        raise ValueError(f"{len(train_set)} training images give no full batch of {local_batch} per process")
+    opt = make_optimizer(model, cfg)
+    sched, per_batch = make_scheduler(opt, cfg, steps)
+    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    history: list[dict] = []
+    start = 1
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start = int(state["epoch"]) + 1
+        if rank == 0:
+            print(f"resuming from {last} after epoch {state['epoch']}")
+    sizes = {int(k): int(v) for k, v in (cfg.sizes or {}).items()}
+
+    def size_at(epoch: int) -> int | None:
+        past = [e for e in sizes if e <= epoch]
+        return sizes[max(past)] if past else None
+
+    epochs_bar = tqdm(range(start, cfg.epochs + 1), desc="epochs", initial=start - 1, total=cfg.epochs,
+                      disable=rank != 0 or not cfg.progress)
+    for epoch in epochs_bar:
+        seed_everything(cfg.seed * 100003 + epoch * 1009 + rank)
+        sampler.set_epoch(epoch)
+        if augment is not None and size_at(epoch):
+            augment.size = size_at(epoch)
+        ddp.train()
+        t0 = time.perf_counter()
+        tot = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        clipped = 0
+        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=rank != 0 or not cfg.progress,
+                          mininterval=10):
+            if batch is None:
+                continue
+            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device)
+            x = normalize(augment(x) if augment is not None else x)
+            out = ddp(x)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if per_batch:
+                sched.step()
+            if cfg.clip_radius is not None:
+                clipped += clip_feature_scale_(model, cfg.clip_radius, cfg.clip_layers)
+            tot += torch.tensor([float(loss.detach()) * len(y), float((out.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(tot)
+        seconds = time.perf_counter() - t0
+        rec = {"epoch": epoch, "train_loss": float(tot[0] / tot[2]), "train_top1": float(tot[1] / tot[2]),
+               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": float(tot[2]) / seconds,
+               "clipped_filters": clipped, "train_size": size_at(epoch)}
+        if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            if rank == 0:
+                v = evaluate(model, val_loader, normalize, device)
+                rec.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
+        if world > 1 and val_loader is not None:
+            # share rank 0's validation result so every process steps a plateau scheduler the same way
+            vl = torch.tensor([rec.get("val_loss", math.nan)], dtype=torch.float64)
+            dist.broadcast(vl, 0)
+            if not math.isnan(float(vl)):
+                rec["val_loss"] = float(vl)
+        if not per_batch:
+            if cfg.schedule == "plateau":
+                if "val_loss" in rec:
+                    sched.step(rec["val_loss"])
+            else:
+                sched.step()
+        history.append(rec)
+        if rank == 0:
+            state = {"model": model.state_dict(), "arch": getattr(model, "arch", {}), "meta": meta,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                     "history": history, "config": config_to_save or asdict(cfg)}
+            save_atomic(state, last)
+            if epoch in set(cfg.snapshot_epochs) or epoch == cfg.epochs:
+                save_atomic({"features": feature_state(model), "arch": getattr(model, "arch", {}), "epoch": epoch},
+                            ckpt_dir / f"features_epoch{epoch:03d}.pt")
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}
+            epochs_bar.write(str(shown))
+            tracker.log({k: v for k, v in rec.items() if v is not None}, step=epoch)
+            conv1 = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+            if conv1 is not None and tracker.active:
+                from .plotting import filter_grid
+
+                tracker.image("conv1_filters", filter_grid(conv1.weight), caption=f"epoch {epoch}", step=epoch)
+        if world > 1:
+            dist.barrier()
+    return history
+
+
+def export_checkpoint(last: str | os.PathLike, path: str | os.PathLike, half: bool = True) -> Path:
+    """The shippable part of a training checkpoint: model weights (float16 by default), architecture, meta, epoch,
+    history and config, without optimiser state."""
+    state = load_checkpoint(last)
+    out = {"model": {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()},
+           "arch": state["arch"], "meta": state["meta"], "epoch": state["epoch"], "history": state["history"],
+           "config": state["config"]}
+    path = Path(path)
+    save_atomic(out, path)
+    return path
+
