@@ -70,6 +70,7 @@ def train_task(cfg: DictConfig) -> float:
                                      subset_seed=cfg.seed)
         if t.preload:
             val_set = zdata.TensorImages(*zdata.preload(val_set, progress=rank == 0 and t.progress))
+    torch.manual_seed(cfg.seed)  # the initial weights: a rerun (or a resumed run's twin) starts from the same ones
     model = model_from_cfg(cfg, num_classes=len(train_files.classes))
     meta = {"classes": train_files.classes, "mean": list(d.mean), "std": list(d.std), "input_size": size,
             "data": str(train_files.root)}
