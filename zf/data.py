@@ -131,7 +131,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = read_image(self.path(i), self.resize or self.size)
         if img is None:
-            self.skipped.append(str(self.path(i)))
+            if str(self.path(i)) not in self.skipped:  # once, not once per epoch
+                self.skipped.append(str(self.path(i)))
             return None
         x = resize_crop(img, self.size, self.resize)
         if self.transform is not None:
