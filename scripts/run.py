@@ -1,0 +1,19 @@
+"""The main job: ``python scripts/run.py layer=4`` (paper Fig. 2), or an experiment:
+``python scripts/run.py experiment=occlusion``.  Sweeps: ``python scripts/run.py -m layer=1,2,3,4,5``."""
+import os
+from pathlib import Path
+
+import hydra
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="run")
+def main(cfg):
+    from zf.tasks import dispatch
+
+    return dispatch(cfg)
+
+
+if __name__ == "__main__":
+    main()

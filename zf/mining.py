@@ -1,0 +1,247 @@
+"""Top-k mining (paper Fig. 2): for every unit (feature map) of one or more layers, the k images of a data set whose
+activation of that unit is largest, with the position of that activation.
+
+One streaming pass over the data mines every requested layer at once; memory holds only the running top-k per unit,
+so it does not grow with the number of images.  Each image counts once per unit, at its strongest position (the first
+in raster order if several tie); images are ranked by activation, ties broken by the smaller image index, so the
+table is the same on every run, with any batch size, on any number of processes.
+
+    tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9)    # {"relu4": TopK, ...}
+
+``state_path`` makes the pass resumable: the running tables are saved every ``save_every`` batches and a restarted
+pass skips what is done.  Under ``torchrun`` each process mines a contiguous shard and the tables are merged
+(``merge``) into exactly the single-process result.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .data import Normalize, collate_skip
+from .layers import resolve_layer
+from .receptive import receptive_fields
+from .results import TopK
+
+
+class Running:
+    """The running top-k of one layer: ``value`` (C, k) float, ``image``/``pos`` (C, k) long (pos = y * w + x).
+    Empty slots hold value -inf and image -1."""
+
+    def __init__(self, channels: int, k: int):
+        self.value = torch.full((channels, k), -float("inf"))
+        self.image = torch.full((channels, k), -1, dtype=torch.long)
+        self.pos = torch.zeros((channels, k), dtype=torch.long)
+
+    def update(self, value: torch.Tensor, image: torch.Tensor, pos: torch.Tensor) -> None:
+        """Merge candidates ``value``/``image``/``pos`` of shape (C, M) into the table."""
+        v = torch.cat([self.value, value], 1)
+        im = torch.cat([self.image, image], 1)
+        p = torch.cat([self.pos, pos], 1)
+        # order: value descending, then image index ascending (empty slots, image -1, sort last via -inf)
+        key_img = torch.where(im < 0, torch.iinfo(torch.long).max, im)
+        o = torch.argsort(key_img, dim=1, stable=True)
+        v, im, p = v.gather(1, o), im.gather(1, o), p.gather(1, o)
+        o = torch.argsort(v, dim=1, descending=True, stable=True)
+        k = self.value.shape[1]
+        o = o[:, :k]
+        self.value, self.image, self.pos = v.gather(1, o), im.gather(1, o), p.gather(1, o)
+
+    def state(self) -> dict:
+        return {"value": self.value, "image": self.image, "pos": self.pos}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "Running":
+        r = cls.__new__(cls)
+        r.value, r.image, r.pos = s["value"].clone(), s["image"].clone(), s["pos"].clone()
+        return r
+
+
+def merge(parts: Iterable[dict]) -> dict:
+    """Merge running states (``Running.state()``) of disjoint image sets into one."""
+    parts = list(parts)
+    out = Running.from_state(parts[0])
+    for p in parts[1:]:
+        out.update(p["value"], p["image"], p["pos"])
+    return out.state()
+
+
+def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int, str]:
+    """{index in model.features: layer name} of the tapped modules; all taps must lie in ``features``."""
+    taps = {}
+    for layer in layers:
+        L = resolve_layer(model, layer, tap)
+        if L.index is None:
+            raise ValueError(f"layer {layer!r} ({L.name}) is in the classifier; mining covers convolutional layers")
+        taps[L.index] = L.name
+    return taps
+
+
+def run_features(model: nn.Module, x: torch.Tensor, taps: dict[int, str]) -> dict[str, torch.Tensor]:
+    """Forward ``x`` through ``model.features`` only as far as the last tap; {name: activation (N, C, h, w)}."""
+    out = {}
+    last = max(taps)
+    for i, m in enumerate(model.features):
+        x = m(x)
+        if i in taps:
+            out[taps[i]] = x
+        if i == last:
+            break
+    return out
+
+
+def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_skip, persistent_workers=False)
+
+
+@torch.no_grad()
+def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int = 9, tap: str = "relu",
+         batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu",
+         normalize: Normalize | None = None, state_path: str | os.PathLike | None = None, save_every: int = 20,
+         progress: bool = True, stop_after: int | None = None) -> dict[str, TopK]:
+    """The top-``k`` images of every unit of ``layers``.
+
+    Args:
+        model: a network with ``features`` (zfnet, AlexNet, VGG16...), in eval mode.
+        dataset: items ``(uint8 image (3, H, W), label, index)`` (``zf.data.ImageDataset``); ``index`` is the image id
+            stored in the table.  ``None`` items (unreadable files) are skipped.
+        layers: layer names or the paper's integers; all are mined in the same pass.
+        tap: where activations are read (``zf.layers``).
+        normalize: uint8 -> model input; ImageNet statistics by default.
+        state_path: where to keep the resumable state of this pass (one file per process under torchrun).
+        save_every: batches between saves of that state.
+        stop_after: stop after this many batches (tests of resumption; the state is saved first).
+
+    Returns:
+        {layer name: TopK} with boxes computed from the receptive field at the data's image size.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval().to(device)
+    normalize = (normalize or Normalize()).to(device)
+    taps = _feature_taps(model, layers, tap)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    n = len(dataset)
+    lo, hi = n * rank // world, n * (rank + 1) // world   # this process's contiguous shard
+    state_file = Path(f"{state_path}.rank{rank}") if state_path and world > 1 else (
+        Path(state_path) if state_path else None)
+
+    running: dict[str, Running] = {}
+    done = 0  # images of the shard already mined
+    if state_file is not None and state_file.is_file():
+        s = torch.load(state_file, map_location="cpu", weights_only=True)
+        running = {name: Running.from_state(v) for name, v in s["layers"].items()}
+        done = int(s["done"])
+    map_sizes: dict[str, tuple[int, int]] = {}
+    image_size: tuple[int, int] | None = None
+
+    def save() -> None:
+        if state_file is None:
+            return
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"done": done, "layers": {nm: r.state() for nm, r in running.items()}}, tmp)
+        os.replace(tmp, state_file)
+
+    shard = Subset(dataset, range(lo + done, hi))
+    bar = tqdm(total=hi - lo, initial=done, desc=f"mining {', '.join(taps.values())}", unit="img",
+               disable=not progress or rank != 0, mininterval=5)
+    batches = 0
+    last_save = time.monotonic()
+    for batch in _loader(shard, batch_size, num_workers):
+        if batch is not None:
+            x, _, idx = batch
+            image_size = tuple(x.shape[-2:])
+            acts = run_features(model, normalize(x.to(device)), taps)
+            ids = idx.to(device)  # the dataset's own indices (Subset passes them through)
+            for name, a in acts.items():
+                nimg, c, h, w = a.shape
+                map_sizes[name] = (h, w)
+                val, pos = a.reshape(nimg, c, h * w).max(dim=2)            # (N, C): strongest position per image
+                if name not in running:
+                    running[name] = Running(c, k)
+                running[name].update(val.t().cpu(), ids.expand(c, nimg).cpu(), pos.t().cpu())
+        covered = min(batch_size, hi - lo - done)  # unreadable images count as done too
+        bar.update(covered)
+        done += covered
+        batches += 1
+        if state_file is not None and (batches % save_every == 0 or time.monotonic() - last_save > 120):
+            save()
+            last_save = time.monotonic()
+        if stop_after is not None and batches >= stop_after:
+            save()
+            bar.close()
+            return {}
+    bar.close()
+    done = hi - lo
+    save()
+
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, {nm: r.state() for nm, r in running.items()})
+        names = sorted({nm for g in gathered for nm in g})
+        merged = {nm: merge(g[nm] for g in gathered if nm in g) for nm in names}
+        sizes: list = [None] * world
+        dist.all_gather_object(sizes, (map_sizes, image_size))
+        for ms, isz in sizes:
+            map_sizes.update(ms)
+            image_size = image_size or isz
+    else:
+        merged = {nm: r.state() for nm, r in running.items()}
+    if image_size is None:
+        x0 = dataset[0]
+        image_size = tuple(x0[0].shape[-2:]) if x0 is not None else (224, 224)
+    return to_tables(model, merged, map_sizes, image_size)
+
+
+def to_tables(model: nn.Module, states: dict, map_sizes: dict, image_size: tuple[int, int]) -> dict[str, TopK]:
+    """Running states -> ``TopK`` tables with receptive-field boxes (for square receptive fields)."""
+    rfs = receptive_fields(model, input_size=image_size[0])
+    tables = {}
+    for name, s in states.items():
+        value, image, pos = (s[f].numpy() for f in ("value", "image", "pos"))
+        h, w = map_sizes.get(name, (rfs[name].out_size, rfs[name].out_size))
+        y, x = pos // w, pos % w
+        box = unit_box_array(rfs[name], y, x)
+        empty = image < 0
+        value = np.where(empty, np.nan, value).astype(np.float32)
+        tables[name] = TopK(units=np.arange(value.shape[0]), activation=value, image=image.astype(np.int64),
+                            y=y.astype(np.int64), x=x.astype(np.int64), box=box)
+    return tables
+
+
+def unit_box_array(rf, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(…, 4) boxes y0, y1, x0, x1 (half-open, unclipped) for arrays of unit positions."""
+    y0 = y * rf.stride + rf.offset
+    x0 = x * rf.stride + rf.offset
+    return np.stack([y0, y0 + rf.size, x0, x0 + rf.size], -1).astype(np.int64)
+
+
+def mine_brute_force(model: nn.Module, images: torch.Tensor, layer, k: int = 9, tap: str = "relu",
+                     normalize: Normalize | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference for tests: every activation at once, sorted.  images: uint8 (N, 3, H, W).
+    Returns (value, image, pos), each (C, k)."""
+    normalize = normalize or Normalize()
+    L = resolve_layer(model, layer, tap)
+    with torch.no_grad():
+        a = run_features(model.eval(), normalize(images), {L.index: L.name})[L.name]
+    n, c, h, w = a.shape
+    flat = a.reshape(n, c, h * w).numpy()
+    vals, poss, imgs = [], [], []
+    for ch in range(c):
+        best = flat[:, ch].max(1)
+        pos = flat[:, ch].argmax(1)
+        order = sorted(range(n), key=lambda i: (-best[i], i))[:k]
+        vals.append(best[order])
+        imgs.append(np.array(order))
+        poss.append(pos[order])
+    return np.stack(vals), np.stack(imgs), np.stack(poss)
+
