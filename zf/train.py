@@ -255,7 +255,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
                 clipped += clip_feature_scale_(model, cfg.clip_radius, cfg.clip_layers)
             tot += torch.tensor([float(loss.detach()) * len(y), float((out.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
         if world > 1:
+            tot = tot.to(device)  # nccl reduces only GPU tensors
             dist.all_reduce(tot)
+            tot = tot.cpu()
         seconds = time.perf_counter() - t0
         rec = {"epoch": epoch, "train_loss": float(tot[0] / tot[2]), "train_top1": float(tot[1] / tot[2]),
                "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": float(tot[2]) / seconds,
@@ -266,7 +268,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
                 rec.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
         if world > 1 and val_loader is not None:
             # share rank 0's validation result so every process steps a plateau scheduler the same way
-            vl = torch.tensor([rec.get("val_loss", math.nan)], dtype=torch.float64)
+            vl = torch.tensor([rec.get("val_loss", math.nan)], dtype=torch.float64, device=device)
             dist.broadcast(vl, 0)
             if not math.isnan(float(vl)):
                 rec["val_loss"] = float(vl)
