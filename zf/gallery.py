@@ -164,7 +164,7 @@ def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str])
     for layer in missing:
         lrows.append(f'<tr class="missing"><td>{e(layer)}</td><td colspan="4">no topk.npz: not mined</td></tr>\n')
     body = f"""<header><h1>{e(str(summary.get("model", "run")))} &middot; unit gallery</h1>
-<p class="sub">{e(run.name)}: top-{e(str(summary.get("k", "")))} patches and their projections for every mined unit
+<p class="sub">{e(run.parent.name + "/" + run.name)}: top-{e(str(summary.get("k", "")))} patches and their projections for every mined unit
 (Zeiler &amp; Fergus 2014, Fig. 2).</p></header>
 <main>
 <table class="meta" id="meta">{rows}</table>
@@ -226,8 +226,8 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
 
     Only "layers" and "methods" are needed to build; the rest is shown on the index when present.
 
-    layers: the layers to include (default: every layer of summary.json "layers" that has a topk.npz; a layer named
-    here without one raises FileNotFoundError).  Rebuilding overwrites the gallery's own files only.
+    layers: the layers to include (default: every layer of summary.json "layers" that has a topk.npz, in that
+    order, then any other ``layers/*/topk.npz``; a layer named here without one raises FileNotFoundError).  Rebuilding overwrites the gallery's own files only.
     """
     run = Path(run_dir)
     summary = read_summary(run)
@@ -235,8 +235,9 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
     image_paths = read_image_paths(run) if images_json.is_file() else []
     if layers is None:
         named = list(summary.get("layers", {}))
-        layers = [n for n in named if (layer_dir(run, n) / "topk.npz").is_file()]
-        missing = [n for n in named if n not in layers]
+        on_disk = sorted(p.parent.name for p in (run / "layers").glob("*/topk.npz"))
+        layers = [n for n in named if n in on_disk] + [n for n in on_disk if n not in named]
+        missing = [n for n in named if n not in on_disk]
     else:
         for n in layers:
             if not (layer_dir(run, n) / "topk.npz").is_file():

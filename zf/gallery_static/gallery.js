@@ -19,6 +19,8 @@
     if (a === null || a === undefined) return "\u2013";
     return Math.abs(a) >= 1000 || (a !== 0 && Math.abs(a) < 0.01) ? a.toExponential(2) : a.toFixed(2);
   }
+  // File names differ at the end (ILSVRC2012_val_00000042.JPEG): shorten in the middle, not the end.
+  function middle(s, n) { return s.length <= n ? s : s.slice(0, 4) + "\u2026" + s.slice(s.length - (n - 5)); }
   function patchSrc(u, r) { return D.dir + "patches/u" + pad(u, 4) + "_r" + r + ".png"; }
   function projSrc(m, u, r) { return D.dir + encodeURIComponent(m) + "/u" + pad(u, 4) + "_r" + r + ".png"; }
   function figureSrc(u, m) { return D.dir + "units/u" + pad(u, 4) + "_" + encodeURIComponent(m) + ".png"; }
@@ -194,7 +196,7 @@
       var cap = el("figcaption");
       cap.appendChild(el("span", { "class": "act" }, fmt(unit.a[r])));
       cap.appendChild(el("span", { "class": "src", title: id >= 0 && D.images[id] ? D.images[id][2] : "" },
-                         id >= 0 ? name : "(no image)"));
+                         id >= 0 ? middle(name, 19) : "(no image)"));
       fig.appendChild(cap);
       return fig;
     }
