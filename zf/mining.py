@@ -4,7 +4,7 @@ activation of that unit is largest, with the position of that activation.
 One streaming pass over the data mines every requested layer at once; memory holds only the running top-k per unit,
 so it does not grow with the number of images.  Each image counts once per unit, at its strongest position (the first
 in raster order if several tie); images are ranked by activation, ties broken by the smaller image index, so the
-table is the same on every run, with any batch size, on any number of processes.
+table is the same on every run and on any number of processes.
 
     tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9)    # {"relu4": TopK, ...}
 
@@ -130,7 +130,11 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
     taps = _feature_taps(model, layers, tap)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     n = len(dataset)
-    lo, hi = n * rank // world, n * (rank + 1) // world   # this process's contiguous shard
+    # this process's shard: a contiguous run of whole batches, so every batch holds the same images as in a
+    # single-process pass and the activations are bitwise the same (convolutions may round differently for
+    # other batch sizes)
+    nb = -(-n // batch_size)
+    lo, hi = min(n, nb * rank // world * batch_size), min(n, nb * (rank + 1) // world * batch_size)
     state_file = Path(f"{state_path}.rank{rank}") if state_path and world > 1 else (
         Path(state_path) if state_path else None)
 

@@ -171,135 +171,156 @@ def _write_csv(path: Path, layer: str, table, paths: list[str]) -> None:
                             f"{table.activation[i, r]:.6g}", *map(int, table.box[i, r])])
 
 
+def load_split(cfg: DictConfig, model: torch.nn.Module):
+    """The data set a run mines, its normalisation (the checkpoint's own, else the config's) and transform spec."""
+    meta = getattr(model, "meta", {}) or {}
+    d = cfg.data
+    mean, std = meta.get("mean", list(d.mean)), meta.get("std", list(d.std))
+    split = d.get(f"{cfg.split}_split") if cfg.get("split") else None
+    root = split_root(cfg, split) if split and (Path(d.root) / split).is_dir() else Path(d.root)
+    dataset = zdata.ImageDataset(root, size=int(d.size), resize=d.resize, limit=d.limit, subset_seed=cfg.seed)
+    return dataset, zdata.Normalize(mean, std), zdata.transform_spec(int(d.size), d.resize, mean, std)
+
+
+def _units(cfg: DictConfig, all_units: list[int], layer: str) -> tuple[list[int], list[int]]:
+    """(units to render, units of the overview figure) from ``cfg.units`` / ``cfg.overview_units``."""
+    import numpy as np
+
+    if cfg.units is not None:
+        units = [int(u) for u in (cfg.units if not isinstance(cfg.units, int) else [cfg.units])]
+        bad = [u for u in units if u not in all_units]
+        if bad:
+            raise ValueError(f"units {bad} do not exist in {layer} (0..{len(all_units) - 1})")
+        return units, units
+    rng = np.random.default_rng(cfg.seed)
+    overview = rng.choice(all_units, size=min(cfg.overview_units, len(all_units)), replace=False)
+    return all_units, sorted(int(u) for u in overview)
+
+
+def render_layer(out: Path, model, dataset, normalize, table, layer: str, units: list[int], overview: list[int],
+                 methods: list[str], tap: str, seed_mode: str, norm: str, display_mode: str, device, dpi: int,
+                 tracker: Tracker, progress: bool = True) -> dict:
+    """Write one layer's part of a run directory (``zf.results`` layout); returns {method: overview figure path}."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from . import results as R
+    from .visualize import display, overview_figure, unit_image, unit_views
+
+    ldir = R.layer_dir(out, layer)
+    ldir.mkdir(parents=True, exist_ok=True)
+    table.save(ldir / "topk.npz")
+    id_paths = [str(dataset.path(i)) for i in range(len(dataset))]
+    _write_csv(ldir / "topk.csv", layer, table, id_paths)
+    (out / "sources").mkdir(exist_ok=True)
+    for g in np.unique(table.image[table.image >= 0]):
+        src = R.source_path(out, int(g))
+        item = None if src.is_file() else dataset[int(g)]
+        if item is not None:
+            Image.fromarray(item[0].permute(1, 2, 0).numpy()).save(src, quality=90)
+    figs = {}
+    for method in methods:
+        patches, proj = unit_views(model, dataset, table, layer, units, method=method, tap=tap, seed=seed_mode,
+                                   norm=norm, normalize=normalize, device=device, progress=progress)
+        np.save(ldir / f"{method}.npy", proj.astype(np.float16))
+        shown = display(proj, display_mode)
+        for i, u in enumerate(units):
+            for r in range(table.k):
+                if table.image[i, r] < 0:
+                    continue
+                files = [(R.projection_path(out, layer, method, u, r), shown[i, r])]
+                if method == methods[0]:
+                    files.append((R.patch_path(out, layer, u, r), patches[i, r]))
+                for path, arr in files:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(arr).save(path)
+            up = R.unit_figure_path(out, layer, u, method)
+            up.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up)
+        oi = [units.index(u) for u in overview]
+        fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
+                                 mode=display_mode)
+        fpath = out / "figures" / f"{layer}_{method}.png"
+        fpath.parent.mkdir(exist_ok=True)
+        fig.savefig(fpath, dpi=dpi)
+        plt.close(fig)
+        figs[method] = fpath
+        tracker.image(f"{layer}/{method}", str(fpath))
+    _log_run(tracker, out, layer, table, methods, units, id_paths)
+    return figs
+
+
 def run_task(cfg: DictConfig) -> float:
     """The main job (``configs/run.yaml``): mine the top-k images of every unit, project them, write tables,
-    figures, per-unit images and the gallery into the run directory, log them to W&B.  Returns the mean top-1
-    activation of the layer (a number for sweepers)."""
+    figures, per-unit images and the gallery into the run directory, log them to W&B.  ``layer`` may be one layer
+    or a list.  Returns the mean top-1 activation of the (last) layer, a number for sweepers."""
     import datetime
 
     import numpy as np
     import torch.distributed as dist
-    from PIL import Image
 
-    from . import results as R
     from .layers import resolve_layer
     from .receptive import receptive_fields
-    from .visualize import overview_figure, unit_image, unit_views
+    from .results import TOPK_FIELDS, TopK
 
     out = Path(cfg.paths.output_dir)
     device = _device(cfg.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.manual_seed(cfg.seed)  # fresh (checkpoint=null) weights are then the same on every run and process
     model = model_from_cfg(cfg).eval()
-    meta = getattr(model, "meta", {}) or {}
-    d = cfg.data
-    mean, std = meta.get("mean", list(d.mean)), meta.get("std", list(d.std))
-    normalize = zdata.Normalize(mean, std)
-    root = split_root(cfg, d.get("val_split") if cfg.split == "val" else d.get(f"{cfg.split}_split"))
-    dataset = zdata.ImageDataset(root, size=int(d.size), resize=d.resize, limit=d.limit, subset_seed=cfg.seed)
-    transform = zdata.transform_spec(int(d.size), d.resize, mean, std)
-    target = resolve_layer(model, cfg.layer, cfg.tap)
-    mine_layers = list(cfg.mine_layers or []) + [target.name]
+    dataset, normalize, transform = load_split(cfg, model)
+    requested = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
+    targets = [resolve_layer(model, l, cfg.tap).name for l in requested]
+    methods = ["deconvnet", "guided", "gradient"] if cfg.compare_methods else [cfg.method]
+    if cfg.method not in methods:
+        raise ValueError(f"method={cfg.method!r}: use deconvnet, guided or gradient")
+    methods.remove(cfg.method)
+    methods.insert(0, cfg.method)
     tracker = make_tracker(cfg, "run", rank)
     try:
-        tables, cache = mine_cached(model, dataset, mine_layers, int(cfg.k), cfg.tap, Path(cfg.paths.cache_dir),
-                                    transform, int(cfg.batch_size), int(cfg.num_workers), device, normalize,
-                                    progress=cfg.progress)
+        tables, cache = mine_cached(model, dataset, list(cfg.mine_layers or []) + targets, int(cfg.k), cfg.tap,
+                                    Path(cfg.paths.cache_dir), transform, int(cfg.batch_size), int(cfg.num_workers),
+                                    device, normalize, progress=cfg.progress)
         if rank != 0:
             return 0.0
-        table = tables[target.name]
-        layer = target.name
-        methods = ["deconvnet", "guided", "gradient"] if cfg.compare_methods else [cfg.method]
-        if cfg.method not in methods:
-            methods.insert(0, cfg.method)
-        all_units = table.units.tolist()
-        if cfg.units is not None:
-            units = [int(u) for u in (cfg.units if not isinstance(cfg.units, int) else [cfg.units])]
-            bad = [u for u in units if u not in all_units]
-            if bad:
-                raise ValueError(f"units {bad} do not exist in {layer} (0..{len(all_units) - 1})")
-            overview = units
-        else:
-            units = all_units
-            rng = np.random.default_rng(cfg.seed)
-            overview = sorted(rng.choice(all_units, size=min(cfg.overview_units, len(all_units)),
-                                         replace=False).tolist())
-        sel = np.array([all_units.index(u) for u in units])
-        from .results import TopK
-
-        sub = TopK(**{f: getattr(table, f)[sel] for f in R.TOPK_FIELDS})
-        ldir = R.layer_dir(out, layer)
-        ldir.mkdir(parents=True, exist_ok=True)
-        sub.save(ldir / "topk.npz")
-        paths = [str(p) for p in dataset.files.paths]
-        id_paths = [str(dataset.path(i)) for i in range(len(dataset))]
-        (out / "images.json").write_text(json.dumps(id_paths))
-        _write_csv(ldir / "topk.csv", layer, sub, id_paths)
-        # the source images of the table, at model input size, for the gallery's full view
-        (out / "sources").mkdir(exist_ok=True)
-        for g in np.unique(sub.image[sub.image >= 0]):
-            item = dataset[int(g)]
-            if item is not None:
-                Image.fromarray(item[0].permute(1, 2, 0).numpy()).save(R.source_path(out, int(g)), quality=90)
-        figs = {}
-        for method in methods:
-            patches, proj = unit_views(model, dataset, sub, layer, units, method=method, tap=cfg.tap,
-                                       seed=cfg.seed_mode, norm=cfg.norm, normalize=normalize, device=device,
-                                       progress=cfg.progress)
-            np.save(ldir / f"{method}.npy", proj.astype(np.float16))
-            from .visualize import display
-
-            shown = display(proj, cfg.display)
-            for i, u in enumerate(units):
-                for r in range(sub.k):
-                    if sub.image[i, r] < 0:
-                        continue
-                    pp = R.projection_path(out, layer, method, u, r)
-                    pp.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(shown[i, r]).save(pp)
-                    if method == methods[0]:
-                        qp = R.patch_path(out, layer, u, r)
-                        qp.parent.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(patches[i, r]).save(qp)
-                up = R.unit_figure_path(out, layer, u, method)
-                up.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(unit_image(patches[i], proj[i], cfg.display)).save(up)
-            oi = [units.index(u) for u in overview]
-            fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {sub.k} ({method})",
-                                     mode=cfg.display)
-            fpath = out / "figures" / f"{layer}_{method}.png"
-            fpath.parent.mkdir(exist_ok=True)
-            fig.savefig(fpath, dpi=cfg.dpi)
-            figs[method] = fpath
-            tracker.image(f"{layer}/{method}", str(fpath))
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-        rfs = receptive_fields(model, input_size=int(d.size))
+        (out / "images.json").write_text(json.dumps([str(dataset.path(i)) for i in range(len(dataset))]))
+        rfs = receptive_fields(model, input_size=int(cfg.data.size))
+        layers, figs, score = {}, {}, 0.0
+        for layer in targets:
+            all_units = tables[layer].units.tolist()
+            units, overview = _units(cfg, all_units, layer)
+            sel = np.array([all_units.index(u) for u in units])
+            table = TopK(**{f: getattr(tables[layer], f)[sel] for f in TOPK_FIELDS})
+            figs[layer] = render_layer(out, model, dataset, normalize, table, layer, units, overview, methods,
+                                       cfg.tap, cfg.seed_mode, cfg.norm, cfg.display, device, cfg.dpi, tracker,
+                                       cfg.progress)
+            score = float(np.nanmean(table.activation[:, 0]))
+            layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride, "units": len(units),
+                             "channels": len(all_units), "overview_units": overview, "mean_top1_activation": score}
         summary = {
-            "model": cfg.model.name, "checkpoint": str(cfg.model.get("checkpoint")), "data": str(root),
-            "transform": transform, "methods": methods, "k": int(cfg.k), "tap": cfg.tap, "seed_mode": cfg.seed_mode,
-            "norm": cfg.norm, "layer": layer,
-            "layers": {layer: {"rf": rfs[layer].size, "stride": rfs[layer].stride, "units": len(units),
-                               "channels": len(all_units)}},
-            "overview_units": overview, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "n_images": len(dataset), "skipped": sorted(set(dataset.skipped)), "mining_cache": str(cache),
-            "mean_top1_activation": float(np.nanmean(sub.activation[:, 0])),
+            "model": cfg.model.name, "checkpoint": cfg.model.get("checkpoint"), "weights": cfg.model.get("weights"),
+            "data": str(dataset.files.root), "transform": transform, "methods": methods, "k": int(cfg.k),
+            "tap": cfg.tap, "seed_mode": cfg.seed_mode, "norm": cfg.norm, "layers": layers,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "n_images": len(dataset),
+            "skipped": sorted(set(dataset.skipped)), "mining_cache": str(cache),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        tracker.summary({f"{l}/mean_top1_activation": v["mean_top1_activation"] for l, v in layers.items()})
         if cfg.gallery:
             from .gallery import build_gallery
 
-            index = build_gallery(out)
-            print(f"gallery: {index}")
-        _log_run(tracker, out, layer, sub, methods, units, id_paths)
+            print(f"gallery: {build_gallery(out)}")
         if summary["skipped"]:
-            print(f"{len(summary['skipped'])} unreadable images skipped (listed in summary.json)")
-        print(f"{layer}: {len(units)} units, top {sub.k} of {len(dataset)} images; written to {out}")
-        for m, f in figs.items():
-            print(f"  figure ({m}): {f}")
-        return summary["mean_top1_activation"]
+            print(f"{len(summary['skipped'])} unreadable images skipped (listed in {out / 'summary.json'})")
+        for layer in targets:
+            print(f"{layer}: {layers[layer]['units']} units, top {cfg.k} of {len(dataset)} images")
+            for m, f in figs[layer].items():
+                print(f"  figure ({m}): {f}")
+        print(f"written to {out}")
+        return score
     finally:
         tracker.finish()
 
@@ -331,3 +352,560 @@ def dispatch(cfg: DictConfig):
     if fn is None:
         raise ValueError(f"task {task!r} has no {task}_task in zf.tasks")
     return fn(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --- experiments: occlusion, invariance, correspondence ---
+# Fig. 7 (occlusion), Fig. 5 (invariance), Table 1 / Fig. 8 (correspondence); configs/experiment/<name>.yaml.
+
+
+def _exp_setup(cfg: DictConfig):
+    """The model (eval, on the device), device, class wnids, ``Normalize`` and the val split's root of an
+    experiment.  Fresh weights (``model.checkpoint=null``) get as many classes as the val split has."""
+    device = _device(cfg.device)
+    d = cfg.data
+    val_root = split_root(cfg, d.get("val_split"))
+    torch.manual_seed(cfg.seed)
+    n_classes = None if cfg.model.get("checkpoint") else len(zdata.list_images(val_root).classes)
+    model = model_from_cfg(cfg, num_classes=n_classes).eval().to(device)
+    meta = getattr(model, "meta", {}) or {}
+    classes = list(meta.get("classes") or zdata.list_images(val_root).classes)
+    mean, std = meta.get("mean", list(d.mean)), meta.get("std", list(d.std))
+    return model, device, classes, zdata.Normalize(mean, std).to(device), val_root
+
+
+def _exp_images(root: Path, rel_paths, size: int, classes: list[str]) -> tuple[torch.Tensor, list[int]]:
+    """uint8 (N, 3, size, size) of ``root / rel`` for each relative path, and each image's class index (its
+    folder's wnid in ``classes``)."""
+    imgs, labels = [], []
+    for rel in rel_paths:
+        p = Path(root) / str(rel)
+        img = zdata.read_image(p, size)
+        if img is None:
+            raise FileNotFoundError(f"{p}: missing or unreadable (paths are relative to {root})")
+        imgs.append(zdata.resize_crop(img, size))
+        labels.append(classes.index(p.parent.name) if p.parent.name in classes else -1)
+    return torch.stack(imgs), labels
+
+
+def _exp_grey(grey, normalize) -> float | list[float]:
+    """An occluder's fill in normalised units: ``mean`` (the data mean: 0) or a grey level 0..255."""
+    if str(grey) == "mean":
+        return 0.0
+    g = torch.full((1, 3, 1, 1), float(grey))
+    return normalize.to("cpu")(g).flatten().tolist()
+
+
+def _exp_savefig(fig, path: Path, tracker: Tracker, key: str, dpi: int) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    tracker.image(key, str(path))
+
+
+def occlusion_task(cfg: DictConfig) -> float:
+    """Fig. 7 (``experiment=occlusion``): occlusion maps of each image in ``occlusion.images``, the unit's
+    projections (here and in its mined top-k of the val split), written as arrays, JSON and a figure.  Returns the
+    mean drop of p(true class) from the unoccluded image to the worst occluder position."""
+    import numpy as np
+
+    from .deconv import project_windows
+    from .experiments.classes import readable
+    from .experiments.occlusion import occlusion, occlusion_figure
+    from .plotting import image_grid
+    from .visualize import display, unit_views
+
+    o, d = cfg.occlusion, cfg.data
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, device, classes, normalize, val_root = _exp_setup(cfg)
+    size = int(d.size)
+    raw, labels = _exp_images(val_root, o.images, size, classes)
+    x = normalize(raw.to(device))
+    value = _exp_grey(o.grey, normalize)
+    tracker = make_tracker(cfg, "occlusion")
+    try:
+        results = []
+        for i, rel in enumerate(o.images):
+            print(f"occlusion: {rel}")
+            results.append(occlusion(model, x[i], labels[i], layer=o.layer, tap=cfg.tap, size=int(o.size),
+                                     stride=int(o.stride), value=value, batch_size=int(o.batch_size),
+                                     progress=cfg.progress))
+        layer = results[0]["layer"]
+        projections, boxes, others = [], [], []
+        for i, r in enumerate(results):
+            row = torch.tensor([[0, r["unit"], *r["unit_pos"]]], device=device)
+            win, corner = project_windows(model, x[i:i + 1], row, layer, method=cfg.method, tap=cfg.tap,
+                                          norm=cfg.norm)
+            projections.append(display(win[0].cpu(), cfg.display))
+            y0, x0 = corner[0].tolist()
+            boxes.append((y0, y0 + win.shape[2], x0, x0 + win.shape[3]))
+        if o.others:
+            # (c): the same maps in other images = their mined top-k on the val split (cached, shared with the main
+            # job when mine_layers and tap are its own)
+            dataset = zdata.ImageDataset(val_root, size=size, resize=d.resize, limit=d.limit, subset_seed=cfg.seed)
+            spec = zdata.transform_spec(size, d.resize, normalize.mean.flatten().div(255).tolist(),
+                                        normalize.std.flatten().div(255).tolist())
+            tables, _ = mine_cached(model, dataset, list(cfg.mine_layers or []) + [layer], int(cfg.k), cfg.tap,
+                                    Path(cfg.paths.cache_dir), spec, int(cfg.batch_size), int(cfg.num_workers),
+                                    device, normalize, progress=cfg.progress)
+            for r in results:
+                _, proj = unit_views(model, dataset, tables[layer], layer, [r["unit"]], method=cfg.method,
+                                     tap=cfg.tap, norm=cfg.norm, normalize=normalize, device=device)
+                others.append(image_grid(display(proj[0], cfg.display), ncols=3))
+        else:
+            others = [None] * len(results)
+        names = readable(classes)
+        # arrays first
+        np.save(out / "activation.npy", np.stack([r["activation"] for r in results]))
+        np.save(out / "p_true.npy", np.stack([r["p_true"] for r in results]))
+        np.save(out / "top_label.npy", np.stack([r["top_label"] for r in results]))
+        np.save(out / "probs.npy", np.stack([r["probs"] for r in results]).astype(np.float16))
+        np.save(out / "projections.npy", np.stack(projections))
+        summary = {"layer": layer, "size": int(o.size), "stride": int(o.stride), "grey": str(o.grey),
+                   "fill_normalised": value, "classes": classes, "class_names": names,
+                   "ys": results[0]["ys"].tolist(), "xs": results[0]["xs"].tolist(), "images": []}
+        for rel, r, b in zip(o.images, results, boxes):
+            iy, ix = np.unravel_index(int(np.argmin(r["p_true"])), r["p_true"].shape)
+            summary["images"].append({
+                "path": str(rel), "label": r["label"], "class": names[r["label"]], "unit": r["unit"],
+                "unit_pos": list(r["unit_pos"]), "projection_box": list(b), "base_activation": r["base_activation"],
+                "base_p_true": r["base_p_true"], "base_label": names[r["base_label"]],
+                "min_p_true": float(r["p_true"].min()), "min_p_true_corner": [int(r["ys"][iy]), int(r["xs"][ix])],
+                "labels_seen": sorted({names[c] for c in np.unique(r["top_label"]).tolist()})})
+        (out / "occlusion.json").write_text(json.dumps(summary, indent=1))
+        fig, _ = occlusion_figure([im.permute(1, 2, 0).numpy() for im in raw], results, projections, others, boxes,
+                                  names)
+        _exp_savefig(fig, out / "figures" / "occlusion.png", tracker, "occlusion/figure", int(cfg.dpi))
+        drop = float(np.mean([r["base_p_true"] - r["p_true"].min() for r in results]))
+        tracker.summary({"mean_p_true_drop": drop})
+        tracker.artifact("occlusion", "occlusion", [out / f for f in ("activation.npy", "p_true.npy",
+                                                                      "top_label.npy", "occlusion.json")])
+        for s in summary["images"]:
+            print(f"  {s['path']}: {s['class']} p={s['base_p_true']:.3f} (min {s['min_p_true']:.3f} at "
+                  f"{s['min_p_true_corner']}), {layer} map {s['unit']}; labels seen: {', '.join(s['labels_seen'])}")
+        print(f"written to {out}")
+        return drop
+    finally:
+        tracker.finish()
+
+
+def _exp_amounts(spec) -> "np.ndarray":
+    """[start, stop, step] -> start..stop inclusive."""
+    import numpy as np
+
+    a, b, s = (float(v) for v in spec)
+    return np.linspace(a, b, int(round((b - a) / s)) + 1)
+
+
+def invariance_task(cfg: DictConfig) -> float:
+    """Fig. 5 (``experiment=invariance``): distances at the compared layers and p(true class) under vertical
+    translation, scaling and rotation of each image in ``invariance.images``.  Returns the mean p(true) over all
+    transforms."""
+    import csv
+
+    import numpy as np
+
+    from .experiments.classes import readable
+    from .experiments.invariance import KINDS, invariance, invariance_figure
+
+    v = cfg.invariance
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, device, classes, normalize, val_root = _exp_setup(cfg)
+    raw, labels = _exp_images(val_root, v.images, int(cfg.data.size), classes)
+    x = normalize(raw.to(device))
+    layers = [tuple(l) for l in v.layers]
+    tracker = make_tracker(cfg, "invariance")
+    try:
+        results = {}
+        for kind in KINDS:
+            if v.get(kind) is None:
+                continue
+            print(f"invariance: {kind}")
+            results[kind] = invariance(model, x, labels, kind, _exp_amounts(v[kind]), layers=layers,
+                                       batch_size=int(v.batch_size))
+        names = [f"{Path(str(p)).stem[-8:]} ({n})" for p, n in zip(v.images, readable([classes[l] for l in labels]))]
+        arrays = {f"{k}_{f}": r[f] for k, r in results.items() for f in ("amounts", "p_true")}
+        arrays.update({f"{k}_distance_{nm}": d for k, r in results.items() for nm, d in r["distance"].items()})
+        np.savez(out / "invariance.npz", **arrays)
+        with open(out / "invariance.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            lnames = next(iter(results.values()))["layers"]
+            w.writerow(["transform", "amount", "image", "label"] + [f"distance_{n}" for n in lnames] + ["p_true"])
+            for k, r in results.items():
+                for i, rel in enumerate(v.images):
+                    for j, a in enumerate(r["amounts"]):
+                        w.writerow([k, f"{a:g}", str(rel), classes[labels[i]]]
+                                   + [f"{r['distance'][n][i, j]:.6g}" for n in lnames] + [f"{r['p_true'][i, j]:.6g}"])
+        summary = {"images": [str(p) for p in v.images], "labels": [classes[l] for l in labels], "layers": lnames,
+                   "taps": [list(map(str, l)) for l in layers], "fill": "data mean (0 after normalisation)",
+                   "transforms": {k: {"amounts": r["amounts"].tolist(), "mean_p_true": float(r["p_true"].mean()),
+                                      "p_true_original": r["p_true_original"].tolist(),
+                                      "max_distance": {n: float(d.max()) for n, d in r["distance"].items()}}
+                                  for k, r in results.items()}}
+        (out / "invariance.json").write_text(json.dumps(summary, indent=1))
+        fig, _ = invariance_figure(results, names)
+        _exp_savefig(fig, out / "figures" / "invariance.png", tracker, "invariance/figure", int(cfg.dpi))
+        mean_p = float(np.mean([r["p_true"].mean() for r in results.values()]))
+        tracker.summary({f"{k}/mean_p_true": s["mean_p_true"] for k, s in summary["transforms"].items()})
+        tracker.artifact("invariance", "invariance", [out / "invariance.npz", out / "invariance.csv",
+                                                      out / "invariance.json"])
+        for k, s in summary["transforms"].items():
+            print(f"  {k}: mean p(true) {s['mean_p_true']:.3f}; max distance "
+                  + ", ".join(f"{n} {d:.3g}" for n, d in s["max_distance"].items()))
+        print(f"written to {out}")
+        return mean_p
+    finally:
+        tracker.finish()
+
+
+def correspondence_task(cfg: DictConfig) -> float:
+    """Table 1 and Fig. 8 (``experiment=correspondence``): Delta at the compared layers for each hand-marked part
+    and for random regions; the table (CSV, JSON, Markdown beside the paper's numbers) and a figure of the
+    occluders.  Returns the random control's Delta at the last layer minus the mean of the parts' (> 0: the parts
+    correspond better than chance)."""
+    import csv
+
+    import numpy as np
+
+    from .experiments.correspondence import correspondence, correspondence_figure, table_markdown, table_rows
+
+    c = cfg.correspondence
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, device, classes, normalize, val_root = _exp_setup(cfg)
+    raw, _ = _exp_images(val_root, c.images, int(cfg.data.size), classes)
+    x = normalize(raw.to(device))
+    parts = {p: np.asarray(xy, np.float64) for p, xy in plain(c.parts).items()}
+    for p, xy in parts.items():
+        if xy.shape != (len(c.images), 2):
+            raise ValueError(f"correspondence.parts.{p}: one (x, y) per image ({len(c.images)}), got {xy.shape}")
+    tracker = make_tracker(cfg, "correspondence")
+    try:
+        res = correspondence(model, x, parts, size=int(c.size), layers=[tuple(l) for l in c.layers],
+                             n_random=int(c.n_random), jitter=int(c.jitter), seed=int(cfg.seed),
+                             value=_exp_grey(c.grey, normalize), batch_size=int(c.batch_size))
+        rows = table_rows(res)
+        with open(out / "table1.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        md = table_markdown(res)
+        (out / "table1.md").write_text(md)
+        (out / "table1.json").write_text(json.dumps({
+            "layers": res["layers"], "size": int(c.size), "jitter": int(c.jitter), "n_random": int(c.n_random),
+            "images": [str(p) for p in c.images], "rows": rows,
+            "values": {p: {n: {"values": r[n]["values"].tolist(), "pairs": r[n]["pairs"].tolist()}
+                           for n in res["layers"]} for p, r in res["rows"].items()},
+            "random_centres": res["random_centres"].tolist()}, indent=1))
+        fig, _ = correspondence_figure([im.permute(1, 2, 0).numpy() for im in raw], res["centres"], int(c.size),
+                                       res["random_centres"])
+        _exp_savefig(fig, out / "figures" / "correspondence.png", tracker, "correspondence/figure", int(cfg.dpi))
+        tracker.table("table1", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.artifact("correspondence", "table", [out / "table1.csv", out / "table1.json", out / "table1.md"])
+        print(md)
+        print(f"written to {out}")
+        last = res["layers"][-1]
+        parts_mean = float(np.mean([res["rows"][p][last]["mean"] for p in parts]))
+        return float(res["rows"]["random"][last]["mean"] - parts_mean)
+    finally:
+        tracker.finish()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --- experiments: evolution, filters, ablation, probe, methods ---
+# Fig. 4 (evolution), Fig. 6 (filters), Table 3 (ablation_table; the sweep itself is train_task with
+# experiment=ablation), a layer-wise linear probe (probe, beyond the paper), deconvnet vs guided backpropagation vs
+# gradient (methods).  Library code in zf/experiments/<name>.py; configs in configs/experiment/<name>.yaml.
+
+
+def _xp_normalize(cfg: DictConfig, model: torch.nn.Module | None = None):
+    """(Normalize, transform spec): the checkpoint's statistics if it has them, else the config's."""
+    meta = getattr(model, "meta", {}) or {}
+    mean, std = meta.get("mean", list(cfg.data.mean)), meta.get("std", list(cfg.data.std))
+    return zdata.Normalize(mean, std), zdata.transform_spec(int(cfg.data.size), cfg.data.resize, mean, std)
+
+
+def _xp_dataset(cfg: DictConfig, split: str, limit: int | None) -> "zdata.ImageDataset":
+    """A seeded subset of ``limit`` images (``None``: all) of the data's ``split`` (train | val) at ``data.size``."""
+    d = cfg.data
+    root = split_root(cfg, d.get(f"{split}_split"))
+    return zdata.ImageDataset(root, size=int(d.size), resize=d.resize, limit=limit, subset_seed=cfg.seed)
+
+
+def _xp_miner(cfg: DictConfig, transform: dict, normalize, device, k: int = 1):
+    """``(model, dataset, layer names) -> {name: TopK}`` through the mining cache."""
+    def fn(model, dataset, layers):
+        tables, _ = mine_cached(model, dataset, layers, k, "relu", Path(cfg.paths.cache_dir), transform,
+                                int(cfg.batch_size), int(cfg.num_workers), device, normalize, progress=cfg.progress)
+        return tables
+    return fn
+
+
+def _xp_savefig(fig, path: Path, tracker: Tracker, key: str, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    tracker.image(key, str(path))
+    return path
+
+
+def _xp_csv(path: Path, rows: list[dict], columns=None) -> None:
+    import csv
+
+    columns = list(columns or (rows[0].keys() if rows else []))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def evolution_task(cfg: DictConfig) -> float:
+    """Fig. 4 (``experiment=evolution``): the strongest activation of a few units per layer at each feature snapshot
+    (``evolution.snapshots``), projected; ``evolution.npz``/``.csv``/``summary.json`` and ``figures/evolution.png``.
+    Returns the mean top-1 activation at the last snapshot."""
+    import numpy as np
+
+    from .experiments import evolution as ev
+
+    e = cfg.evolution
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    found = ev.find_snapshots(e.snapshots, list(e.epochs) if e.get("epochs") is not None else None)
+    snaps = [ev.load_snapshot(p) for _, p in found]
+    snaps = [(epoch, m.to(device)) for epoch, m in snaps]
+    normalize, transform = _xp_normalize(cfg)
+    dataset = _xp_dataset(cfg, e.split, e.images)
+    units = {k: list(v) for k, v in plain(e.units).items()} if e.get("units") else None
+    tracker = make_tracker(cfg, "evolution")
+    try:
+        res = ev.evolution(snaps, dataset, layers=list(e.layers), n_units=int(e.units_per_layer), units=units,
+                           seed=int(cfg.seed), method=e.method, normalize=normalize, device=device,
+                           mine_fn=_xp_miner(cfg, transform, normalize, device))
+        arrays = {"epochs": np.array(res["epochs"])}
+        for n in res["layers"]:
+            arrays[f"{n}_units"] = np.array(res["units"][n])
+            arrays[f"{n}_projections"] = res["projections"][n].astype(np.float16)
+            for key in ("patches", "activation", "image", "y", "x"):
+                arrays[f"{n}_{key}"] = res[key][n]
+        np.savez_compressed(out / "evolution.npz", **arrays)
+        rows = ev.rows_table(res, [str(dataset.path(i)) for i in range(len(dataset))])
+        _xp_csv(out / "evolution.csv", rows)
+        last = float(np.nanmean([np.nanmean(res["activation"][n][:, -1]) for n in res["layers"]]))
+        summary = {"epochs": res["epochs"], "snapshots": [str(p) for _, p in found], "layers": res["layers"],
+                   "units": res["units"], "images": len(dataset), "split": e.split, "method": e.method,
+                   "transform": transform, "mean_last_top1_activation": last}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        fig, _ = ev.evolution_figure(res)
+        path = _xp_savefig(fig, out / "figures" / "evolution.png", tracker, "evolution", int(cfg.dpi))
+        tracker.summary({"mean_last_top1_activation": last})
+        tracker.artifact("evolution", "results", [out / "evolution.npz", out / "evolution.csv", out / "summary.json"])
+        print(f"evolution: {len(res['epochs'])} snapshots x {sum(map(len, res['units'].values()))} units; {path}")
+        return last
+    finally:
+        tracker.finish()
+
+
+#: the command that makes each Fig. 6 checkpoint (named in the error when it is missing)
+_FIG6_COMMANDS = {"default": "python scripts/train.py experiment=default_model",
+                  "zf_small": "python scripts/train.py experiment=fig6_zf_small",
+                  "noclip": "python scripts/train.py experiment=fig6_noclip",
+                  "alexnet": "python scripts/train.py experiment=fig6_alexnet_conv1"}
+
+
+def _fig6_model(key: str, path) -> tuple[torch.nn.Module, dict]:
+    """(model, info) for ``filters.<key>``; a clear error naming the command that writes a missing checkpoint."""
+    from .models import DEFAULT_CHECKPOINT, load_zfnet
+
+    file = DEFAULT_CHECKPOINT if str(path) == "default" else Path(str(path))
+    if not file.is_file():
+        raise FileNotFoundError(f"filters.{key}: checkpoint {file} does not exist. Make it with `{_FIG6_COMMANDS[key]}`"
+                                f" (or point filters.{key}=... elsewhere, or set filters.{key}=null to skip it).")
+    model = load_zfnet(file)
+    blob = torch.load(file, map_location="cpu", weights_only=True)
+    hist = blob.get("history", []) if isinstance(blob, dict) else []
+    info = {"checkpoint": str(file), "epoch": blob.get("epoch") if isinstance(blob, dict) else None,
+            "arch": getattr(model, "arch", {}),
+            "clipped_filters": int(sum(h.get("clipped_filters", 0) for h in hist)) if hist else None,
+            "val_top1": next((h["val_top1"] for h in reversed(hist) if "val_top1" in h), None)}
+    return model, info
+
+
+def filters_task(cfg: DictConfig) -> float:
+    """Fig. 6 (``experiment=filters``): layer-1 filters of the shipped model (a), with vs without feature scale
+    clipping, AlexNet-style vs ZF first layer with layer-2 top-1 projections; ``filters.csv``/``summary.json`` with
+    ``zf.experiments.filters.filter_stats``.  A ``filters.<key>`` set to null skips its panel.  Returns the
+    no-clipping model's top filter energy share (nan without it)."""
+    from .experiments import filters as fx
+
+    f = cfg.filters
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    models, infos = {}, {}
+    for key in ("default", "zf_small", "noclip", "alexnet"):
+        if f.get(key) is not None:
+            models[key], infos[key] = _fig6_model(key, f[key])
+    if not models:
+        raise ValueError("filters: every checkpoint (filters.default/zf_small/noclip/alexnet) is null")
+    names = {"default": "shipped model (clipping)", "zf_small": "ZF 7x7/2, clipping", "noclip": "ZF 7x7/2, no clipping",
+             "alexnet": "AlexNet-style 11x11/4, clipping"}
+    tracker = make_tracker(cfg, "filters")
+    try:
+        rows, figs = [], {}
+        for key, m in models.items():
+            s = fx.filter_stats(fx.conv1_weight(m))
+            infos[key]["stats"] = s
+            rows.append({"model": key, "description": names[key], "filters": s["n"],
+                         "kernel": int(fx.conv1_weight(m).shape[-1]), "top_energy_share": s["top_energy_share"],
+                         "rms_max_over_median": s["rms_max_over_median"], "dead_fraction": s["dead_fraction"],
+                         **{f"band_{b}": v for b, v in s["band_energy"].items()},
+                         "clipped_filters": infos[key]["clipped_filters"], "val_top1": infos[key]["val_top1"]})
+        _xp_csv(out / "filters.csv", rows)
+        dpi = int(cfg.dpi)
+        if "default" in models:
+            fig, _ = fx.filters_figure({names["default"]: fx.conv1_weight(models["default"])},
+                                       title="Fig. 6(a)-(c) style: layer-1 filters")
+            figs["default"] = _xp_savefig(fig, out / "figures" / "fig6_default_filters.png", tracker, "default", dpi)
+        clip = {names[k]: fx.conv1_weight(models[k]) for k in ("noclip", "zf_small") if k in models}
+        if clip:
+            fig, _ = fx.filters_figure(clip, title="Fig. 6(a): without vs with feature scale clipping")
+            figs["clipping"] = _xp_savefig(fig, out / "figures" / "fig6_clipping.png", tracker, "clipping", dpi)
+        pair = [k for k in ("alexnet", "zf_small") if k in models]
+        if pair:
+            normalize, transform = _xp_normalize(cfg)
+            dataset = _xp_dataset(cfg, f.split, f.images)
+            miner = _xp_miner(cfg, transform, normalize, device)
+            panels = {}
+            for k in pair:
+                m = models[k].to(device)
+                units, _, proj = fx.layer2_views(m, dataset, int(f.layer2_units), int(cfg.seed), normalize, device,
+                                                 mine_fn=miner)
+                infos[k]["layer2_units"] = units
+                panels[names[k]] = (fx.conv1_weight(m), proj)
+            fig, _ = fx.comparison_figure(panels, title="Fig. 6(b)-(e): first layer and layer-2 projections")
+            figs["alexnet_vs_zf"] = _xp_savefig(fig, out / "figures" / "fig6_alexnet_vs_zf.png", tracker,
+                                                "alexnet_vs_zf", dpi)
+        (out / "summary.json").write_text(json.dumps({"models": infos, "figures": {k: str(v) for k, v in figs.items()}},
+                                                     indent=1, default=str))
+        tracker.table("filters", list(rows[0]), [list(r.values()) for r in rows])
+        for k, v in figs.items():
+            print(f"  figure ({k}): {v}")
+        return float(infos["noclip"]["stats"]["top_energy_share"]) if "noclip" in infos else float("nan")
+    finally:
+        tracker.finish()
+
+
+def ablation_table_task(cfg: DictConfig) -> float:
+    """Table 3 (``experiment=ablation_table``): collect the ablation sweep under ``sweep_dir`` into
+    ``ablation_table.csv``/``.md``/``.json`` and ``figures/ablation.png``.  Returns the baseline's val top-1 error."""
+    from .experiments import ablation as ab
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ab.collect(cfg.sweep_dir)
+    tracker = make_tracker(cfg, "ablation_table")
+    try:
+        _xp_csv(out / "ablation_table.csv", rows, ab.COLUMNS)
+        md = ab.to_markdown(rows)
+        (out / "ablation_table.md").write_text(md)
+        (out / "ablation_table.json").write_text(json.dumps(rows, indent=1))
+        fig, _ = ab.ablation_figure(rows)
+        _xp_savefig(fig, out / "figures" / "ablation.png", tracker, "ablation", int(cfg.dpi))
+        tracker.table("table3", list(ab.COLUMNS), [[r.get(c) for c in ab.COLUMNS] for r in rows])
+        print(md)
+        base = next((r for r in rows if r["name"] == ab.BASELINE), None)
+        return float(base["val_top1_err"]) if base and base["val_top1_err"] is not None else float("nan")
+    finally:
+        tracker.finish()
+
+
+def probe_task(cfg: DictConfig) -> float:
+    """Beyond the paper (``experiment=probe``): a softmax probe per layer of the model, trained on a train subset,
+    scored on val; ``probe.csv``/``.json`` and ``figures/probe.png`` beside Table 7's trend.  Returns the best val
+    accuracy."""
+    from .experiments import probe as px
+
+    p = cfg.probe
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    model = model_from_cfg(cfg).eval().to(device)
+    normalize, transform = _xp_normalize(cfg, model)
+    train_ds, val_ds = _xp_dataset(cfg, "train", p.train_images), _xp_dataset(cfg, "val", p.val_images)
+    tracker = make_tracker(cfg, "probe")
+    try:
+        layers = px.probe_layers(model)
+        kw = dict(layers=layers, normalize=normalize, batch_size=int(cfg.batch_size), device=device,
+                  progress=cfg.progress)
+        xtr, ytr = px.extract(model, train_ds, **kw)
+        xva, yva = px.extract(model, val_ds, **kw)
+        n_classes = len(train_ds.classes) or int(max(ytr.max(), yva.max())) + 1
+        rows = px.probe(xtr, ytr, xva, yva, n_classes, l2=float(p.l2), max_iter=int(p.max_iter))
+        for r in rows:
+            n = px._layer_number(r["layer"])
+            r["paper_caltech101"], r["paper_caltech256"] = px.PAPER_TABLE7.get(n, (None, None))
+        _xp_csv(out / "probe.csv", rows)
+        (out / "probe.json").write_text(json.dumps({"rows": rows, "train_images": len(train_ds),
+                                                     "val_images": len(val_ds), "classes": n_classes,
+                                                     "l2": float(p.l2), "layers": dict(layers),
+                                                     "transform": transform}, indent=1))
+        fig, _ = px.probe_figure(rows, chance=1.0 / n_classes)
+        _xp_savefig(fig, out / "figures" / "probe.png", tracker, "probe", int(cfg.dpi))
+        tracker.table("probe", list(rows[0]), [list(r.values()) for r in rows])
+        for r in rows:
+            print(f"  {r['layer']:>6}  dim {r['dim']:5d}  train {100 * r['train_acc']:5.1f}%  "
+                  f"val {100 * r['val_acc']:5.1f}%")
+        return max(r["val_acc"] for r in rows)
+    finally:
+        tracker.finish()
+
+
+def methods_task(cfg: DictConfig) -> float:
+    """Deconvnet vs guided backpropagation vs gradient (``experiment=methods``): the same top-k rows of ``layer``
+    (mined as the main job does, through its cache) projected with each method; ``methods.npz``, ``summary.json``
+    (pairwise cosine agreement) and ``figures/methods_<layer>.png``.  Returns the deconvnet~guided agreement."""
+    import numpy as np
+
+    from .experiments.evolution import choose_units, select
+    from .experiments.methods import method_agreement, method_views, methods_figure
+    from .layers import resolve_layer
+
+    m = cfg.methods
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    model = model_from_cfg(cfg).eval().to(device)
+    normalize, transform = _xp_normalize(cfg, model)
+    dataset = _xp_dataset(cfg, cfg.split if cfg.data.get(f"{cfg.split}_split") else "val", cfg.data.limit)
+    target = resolve_layer(model, cfg.layer, cfg.tap)
+    tracker = make_tracker(cfg, "methods")
+    try:
+        tables, cache = mine_cached(model, dataset, list(cfg.mine_layers or []) + [target.name], int(cfg.k), cfg.tap,
+                                    Path(cfg.paths.cache_dir), transform, int(cfg.batch_size), int(cfg.num_workers),
+                                    device, normalize, progress=cfg.progress)
+        table = tables[target.name]
+        units = [int(u) for u in m.units] if m.get("units") else choose_units(table, int(m.n_units), int(cfg.seed))
+        sub = select(table, units)
+        patches, projs = method_views(model, dataset, sub, target.name, units, methods=list(m.compare),
+                                      normalize=normalize, device=device, tap=cfg.tap)
+        np.savez_compressed(out / "methods.npz", units=np.array(units), patches=patches,
+                            **{k: v.astype(np.float16) for k, v in projs.items()})
+        agreement = method_agreement(projs)
+        (out / "summary.json").write_text(json.dumps({"layer": target.name, "units": units, "k": int(cfg.k),
+                                                       "methods": list(m.compare), "agreement_cosine": agreement,
+                                                       "images": len(dataset), "mining_cache": str(cache)},
+                                                      indent=1))
+        fig, _ = methods_figure(patches, projs, units, target.name, cfg.display)
+        path = _xp_savefig(fig, out / "figures" / f"methods_{target.name}.png", tracker, "methods", int(cfg.dpi))
+        tracker.summary(agreement)
+        print(f"methods: {target.name}, units {units}; agreement {agreement}; {path}")
+        return float(agreement.get("deconvnet~guided", float("nan")))
+    finally:
+        tracker.finish()
