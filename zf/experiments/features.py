@@ -1,0 +1,49 @@
+"""Features of several layers and the class scores from one forward pass (shared by the occlusion, invariance and
+correspondence experiments).
+
+    feats, logits = forward_taps(model, x, [(1, "output"), ("fc7", "relu")])   # {"norm1": (N, D1), "relu7": ...}
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..layers import resolve_layer
+
+
+def tap_names(model: nn.Module, specs: Sequence[tuple]) -> list[str]:
+    """The ``zf.layers`` names of ``specs`` = [(layer, tap), ...] (e.g. (1, "output") -> "norm1" in zfnet)."""
+    return [resolve_layer(model, layer, tap).name for layer, tap in specs]
+
+
+@torch.no_grad()
+def forward_taps(model: nn.Module, x: torch.Tensor, specs: Sequence[tuple], flatten: bool = True,
+                 batch_size: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Run ``model`` on normalised images ``x`` (N, 3, H, W) and read the activations of ``specs``.
+
+    Args:
+        specs: [(layer, tap), ...] as ``zf.layers.resolve_layer`` takes them.
+        flatten: return (N, D) per layer; else the layer's own shape (N, C, h, w) or (N, D).
+        batch_size: images per forward pass (default: all at once).
+    Returns:
+        ({layer name: features}, logits (N, classes)).  Eval semantics: the caller puts the model in eval mode.
+    """
+    layers = [resolve_layer(model, layer, tap) for layer, tap in specs]
+    store: dict[str, list[torch.Tensor]] = {l.name: [] for l in layers}
+    # an in-place ReLU after a "conv" tap would overwrite the stored tensor: clone
+    hooks = [l.module.register_forward_hook(lambda m, i, o, n=l.name: store[n].append(o.detach().clone()))
+             for l in layers]
+    logits = []
+    try:
+        bs = batch_size or len(x)
+        for b0 in range(0, len(x), bs):
+            logits.append(model(x[b0:b0 + bs]))
+    finally:
+        for h in hooks:
+            h.remove()
+    feats = {n: torch.cat(v) for n, v in store.items()}
+    if flatten:
+        feats = {n: v.flatten(1) for n, v in feats.items()}
+    return feats, torch.cat(logits)
