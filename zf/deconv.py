@@ -245,7 +245,22 @@ def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, si
                 scale = m.weight * scale
             sig = sig * scale[None, :, None, None]
         # Dropout, Identity: nothing
+        sig, oy, ox = _fit(sig, oy, ox, hh, ww)
     return sig, oy, ox
+
+
+def _fit(sig: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, hh: int, ww: int):
+    """Windows larger than the (hh, ww) map (small images, deep layers) are cut to the map itself: every row's
+    window becomes the whole map, origin (0, 0).  Nothing is lost: the signal is zero outside the map."""
+    r, c, h, w = sig.shape
+    if h <= hh and w <= ww:
+        return sig, oy, ox
+    ny, nx = min(h, hh), min(w, ww)
+    # new window origin: 0 on an axis that is cut, unchanged otherwise; read sig at (new - old) origin offsets
+    zy = torch.zeros_like(oy) if h > hh else oy
+    zx = torch.zeros_like(ox) if w > ww else ox
+    part, ok = _gather(sig, torch.arange(r, device=sig.device), zy - oy, zx - ox, ny, nx)
+    return torch.where(ok, part, 0), zy, zx
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,9 +370,10 @@ def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float 
 def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
                     method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
                     batch_size: int | None = None, images_per_chunk: int = 32):
-    """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, s)
-    the projections inside each unit's receptive field (``s = zf.receptive`` size; zero outside the image) and
-    corners (R, 2) the (y0, x0) of each window in the image (may be negative).  Mining crops patches from these
+    """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, t)
+    the projections inside each unit's receptive field (s = t = ``zf.receptive`` size, zero outside the image; a
+    side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
+    window in the image (may be negative).  Mining crops patches from these
     without ever building (R, 3, H, W)."""
     rows = _check_args(images, rows, method, seed, norm)
     t = _target(model, layer, tap)
