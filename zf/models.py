@@ -208,20 +208,21 @@ def vgg16(num_classes: int = 1000, weights: str | os.PathLike | None = None) -> 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "zfnet_imagenette.pt"
 
 
-def load_zfnet(path: str | os.PathLike = DEFAULT_CHECKPOINT, **overrides) -> ZFNet:
-    """Rebuild a ``zfnet`` from a checkpoint written by ``zf.train`` (or a plain state dict plus ``overrides`` giving
-    the architecture).  The checkpoint's ``meta`` (class names, normalisation, input size) lands in ``model.meta``."""
+def load_zfnet(path: str | os.PathLike = DEFAULT_CHECKPOINT, arch: dict | None = None) -> ZFNet:
+    """Rebuild a ``zfnet`` from a checkpoint written by ``zf.train``, or from a bare state dict with ``arch`` giving
+    the architecture (``num_classes`` is read from fc8 when not given).  A checkpoint's stored architecture wins over
+    ``arch``.  The checkpoint's ``meta`` (class names, normalisation, input size) lands in ``model.meta``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model" in obj:
-        arch = {**obj.get("arch", {}), **overrides}
-        state, meta = obj["model"], obj.get("meta", {})
+    if isinstance(obj, dict) and "model" in obj and "arch" in obj:
+        arch, state, meta = obj["arch"], obj["model"], obj.get("meta", {})
     else:
-        arch, state, meta = overrides, obj, {}
-    if not arch:
-        raise ValueError(f"{path} is a bare state dict: pass the architecture (num_classes=..., width=...)")
+        state, meta = (obj["model"] if isinstance(obj, dict) and "model" in obj else obj), {}
+        arch = dict(arch or {})
+        if "num_classes" not in arch and "classifier.fc8.weight" in state:
+            arch["num_classes"] = state["classifier.fc8.weight"].shape[0]
     model = zfnet(**arch)
     _load_into(model, {k: v.float() for k, v in state.items()}, str(path))
     model.meta = dict(meta)
@@ -229,21 +230,23 @@ def load_zfnet(path: str | os.PathLike = DEFAULT_CHECKPOINT, **overrides) -> ZFN
 
 
 def build_model(name: str = "zfnet", checkpoint: str | None = None, weights: str | None = None,
-                num_classes: int = 1000, **arch) -> nn.Module:
+                num_classes: int | None = None, **arch) -> nn.Module:
     """One entry point for configs: ``zfnet`` (from ``checkpoint``, or fresh with ``arch``), ``alexnet``, ``vgg16``.
 
-    For ``zfnet``, ``checkpoint="default"`` is the shipped Imagenette model."""
+    For ``zfnet``, ``checkpoint="default"`` is the shipped Imagenette model; ``arch`` describes a bare state dict."""
     if name == "zfnet":
+        if num_classes is not None:
+            arch["num_classes"] = num_classes
         if checkpoint:
             path = DEFAULT_CHECKPOINT if checkpoint == "default" else checkpoint
-            return load_zfnet(path, **arch)
-        return zfnet(num_classes=num_classes, **arch).eval()
+            return load_zfnet(path, arch)
+        return zfnet(**arch).eval()
     if arch:
         warnings.warn(f"{name}: architecture options {sorted(arch)} are ignored (torchvision builds it)")
     factory = {"alexnet": alexnet, "vgg16": vgg16}.get(name)
     if factory is None:
         raise ValueError(f"unknown model {name!r}: use zfnet, alexnet or vgg16")
-    return factory(num_classes=num_classes, weights=weights).eval()
+    return factory(num_classes=num_classes or 1000, weights=weights).eval()
 
 
 def count_parameters(model: nn.Module) -> int:

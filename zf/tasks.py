@@ -29,14 +29,14 @@ def make_tracker(cfg: DictConfig, job_type: str, rank: int = 0) -> Tracker:
 
 
 def model_from_cfg(cfg: DictConfig, num_classes: int | None = None) -> torch.nn.Module:
+    """The model a config names.  For zfnet, ``arch`` builds fresh weights (checkpoint null) or describes a bare
+    state dict; ``num_classes`` (from the data) wins over the config's."""
     m = cfg.model
     arch = plain(m.get("arch") or {})
-    kwargs = dict(name=m.name, checkpoint=m.get("checkpoint"), weights=m.get("weights"))
-    if m.name == "zfnet":
-        if not m.get("checkpoint"):
-            arch["num_classes"] = num_classes or m.get("num_classes", 1000)
-        return build_model(**kwargs, **({} if m.get("checkpoint") else arch))
-    return build_model(**kwargs, num_classes=m.get("num_classes", 1000))
+    n = num_classes or m.get("num_classes")
+    if m.name == "zfnet" and not m.get("checkpoint") and n is None:
+        n = 1000
+    return build_model(name=m.name, checkpoint=m.get("checkpoint"), weights=m.get("weights"), num_classes=n, **arch)
 
 
 def split_root(cfg: DictConfig, split: str | None) -> Path:

@@ -1,0 +1,194 @@
+"""The main job end to end (``scripts/run.py``), tiny on the CPU: every layer, a flat folder of odd images, a sweep,
+W&B offline logging, clear errors for bad input, and every Hydra config composing."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from zf.data import default_data_root
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+VAL = default_data_root() / "val"
+TINY = ["model.checkpoint=null", "model.arch.width=0.125", "logger=none", "progress=false", "num_workers=0",
+        "batch_size=8"]
+
+
+def run(args: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "run.py"), *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"run.py failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def five_layer_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run5")
+    cache = tmp_path_factory.mktemp("cache")
+    p = run(["layer=[1,2,3,4,5]", "data.limit=14", "k=3", "overview_units=4", f"hydra.run.dir={out}",
+             f"paths.cache_dir={cache}", "logger=wandb", "logger.mode=offline", *TINY[:2], *TINY[3:]])
+    return out, cache, p.stdout
+
+
+def test_every_layer_writes_tables_figures_units_and_gallery(five_layer_run):
+    out, cache, stdout = five_layer_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["layers"]) == ["relu1", "relu2", "relu3", "relu4", "relu5"]
+    assert summary["n_images"] == 14 and summary["k"] == 3 and summary["methods"] == ["deconvnet"]
+    assert summary["transform"]["center_crop"] == 224
+    images = json.loads((out / "images.json").read_text())
+    rf = {"relu1": 7, "relu2": 27, "relu3": 75, "relu4": 107, "relu5": 139}
+    for layer, info in summary["layers"].items():
+        d = out / "layers" / layer
+        z = np.load(d / "topk.npz")
+        channels = info["channels"]
+        assert z["activation"].shape == (channels, 3) and info["units"] == channels
+        # 3 different images per unit, sorted by activation
+        assert all(len(set(r)) == 3 for r in z["image"])
+        assert (np.diff(z["activation"], axis=1) <= 0).all()
+        assert (z["box"][..., 1] - z["box"][..., 0] == rf[layer]).all()
+        rows = list(csv.DictReader(open(d / "topk.csv")))
+        assert len(rows) == channels * 3
+        r0 = rows[0]
+        assert r0["path"] == images[int(r0["image"])]
+        assert float(r0["activation"]) == pytest.approx(float(z["activation"][0, 0]), rel=1e-5)
+        proj = np.load(d / "deconvnet.npy")
+        assert proj.shape == (channels, 3, 3, rf[layer], rf[layer]) and np.isfinite(proj).all()
+        assert len(list((d / "patches").glob("*.png"))) == channels * 3
+        assert len(list((d / "deconvnet").glob("*.png"))) == channels * 3
+        assert len(list((d / "units").glob("*.png"))) == channels
+        assert Image.open(d / "patches" / "u0000_r0.png").size == (rf[layer], rf[layer])
+        assert (out / "figures" / f"{layer}_deconvnet.png").is_file()
+        assert f"figure (deconvnet): {out / 'figures' / f'{layer}_deconvnet.png'}" in stdout
+    used = np.unique(np.concatenate([np.load(out / "layers" / l / "topk.npz")["image"].ravel()
+                                     for l in summary["layers"]]))
+    assert sorted(int(p.stem) for p in (out / "sources").glob("*.jpg")) == used.tolist()
+    assert (out / "gallery" / "index.html").is_file()
+    # W&B offline run inside the run directory, with the table and the artifact
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_patch_pixels_are_the_receptive_field_of_the_source(five_layer_run):
+    out, _, _ = five_layer_run
+    z = np.load(out / "layers" / "relu3" / "topk.npz")
+    images = json.loads((out / "images.json").read_text())
+    u, r = 5, 0
+    y0, y1, x0, x1 = z["box"][u, r]
+    src = np.asarray(Image.open(images[z["image"][u, r]]).convert("RGB"))  # imagenette val is already 224
+    patch = np.asarray(Image.open(out / "layers" / "relu3" / "patches" / f"u{u:04d}_r{r}.png"))
+    cy0, cx0 = max(y0, 0), max(x0, 0)
+    inside = src[cy0:min(y1, 224), cx0:min(x1, 224)]
+    np.testing.assert_array_equal(patch[cy0 - y0:cy0 - y0 + inside.shape[0], cx0 - x0:cx0 - x0 + inside.shape[1]],
+                                  inside)
+    # rows / columns outside the image are the grey fill, not shifted image content
+    if y0 < 0:
+        assert (patch[: -y0] == 128).all()
+    if x0 < 0:
+        assert (patch[:, : -x0] == 128).all()
+
+
+def test_second_layer_reuses_the_mining_cache(five_layer_run, tmp_path):
+    out, cache, _ = five_layer_run
+    before = sorted(p.name for p in cache.iterdir())
+    run(["layer=conv2", "data.limit=14", "k=3", "units=[0,3]", f"hydra.run.dir={tmp_path}",
+         f"paths.cache_dir={cache}", *TINY])
+    assert sorted(p.name for p in cache.iterdir()) == before
+    a = np.load(out / "layers" / "relu2" / "topk.npz")
+    b = np.load(tmp_path / "layers" / "relu2" / "topk.npz")
+    np.testing.assert_array_equal(b["units"], [0, 3])
+    np.testing.assert_array_equal(b["image"], a["image"][[0, 3]])
+
+
+def test_flat_folder_of_odd_images_and_all_methods(tmp_path):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 180, 3), np.uint8)).save(data / "tall.jpg")
+    Image.fromarray(rng.integers(0, 255, (90, 400, 3), np.uint8)).save(data / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (256, 256), np.uint8), "L").save(data / "grey.bmp")
+    Image.fromarray(rng.integers(0, 255, (240, 240, 4), np.uint8), "RGBA").save(data / "alpha.webp")
+    (data / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    p = run(["data=folder", f"data.root={data}", "layer=3", "units=[1,2]", "k=2", "compare_methods=true",
+             f"hydra.run.dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 5
+    assert summary["skipped"] == [str(data / "broken.jpg")]
+    assert "1 unreadable images skipped" in p.stdout
+    assert summary["methods"] == ["deconvnet", "guided", "gradient"]
+    d = out / "layers" / "relu3"
+    for m in summary["methods"]:
+        assert len(list((d / m).glob("*.png"))) == 4
+        assert (out / "figures" / f"relu3_{m}.png").is_file()
+    z = np.load(d / "topk.npz")
+    assert (z["image"] != 4).all()  # broken.jpg (sorted last) never appears
+    dec, grad = np.load(d / "deconvnet.npy"), np.load(d / "gradient.npy")
+    assert not np.allclose(dec, grad)
+
+
+def test_sweep_gives_one_run_directory_per_job(tmp_path):
+    run(["-m", "layer=1,2", "data.limit=6", "k=2", "units=[0]", "gallery=false", f"hydra.sweep.dir={tmp_path}",
+         f"paths.cache_dir={tmp_path / 'cache'}", *TINY])
+    dirs = sorted(p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
+    assert len(dirs) == 2
+    assert [list(json.loads((d / "summary.json").read_text())["layers"]) for d in dirs] == [["relu1"], ["relu2"]]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("layer=conv9", "layer 'conv9' does not exist"),
+    ("data.root=/nonexistent/folder", "does not exist"),
+    ("model.checkpoint=BAD", "does not fit"),
+])
+def test_bad_input_fails_with_a_clear_message(tmp_path, override, message):
+    args = [override, "data.limit=4", f"hydra.run.dir={tmp_path / 'o'}", f"paths.cache_dir={tmp_path / 'c'}",
+            *TINY]
+    if override.endswith("BAD"):
+        from zf.models import zfnet
+
+        bad = tmp_path / "other.pt"
+        torch.save(zfnet(num_classes=3, width=0.0625).state_dict(), bad)
+        args = [a for a in args if a != "model.checkpoint=null"]
+        args[0] = f"model.checkpoint={bad}"
+    p = run(args, check=False)
+    assert p.returncode != 0
+    assert message in p.stderr + p.stdout
+    if "conv9" in override:
+        assert "conv4" in p.stderr + p.stdout  # the error lists the layers that exist
+
+
+def _primary(path: Path) -> str:
+    text = yaml.safe_load(path.read_text()) or {}
+    return "train" if "train" in text or "export" in text else "run"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_config_composes(path):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(_primary(path), overrides=[f"experiment={path.stem}"])
+    assert cfg.paths.cache_dir
+    if "task" in cfg:
+        import zf.tasks
+
+        assert cfg.task == "topk" or hasattr(zf.tasks, f"{cfg.task}_task")
+
+
+@pytest.mark.parametrize("model", ["zfnet", "alexnet", "vgg16"])
+@pytest.mark.parametrize("data", ["imagenette", "folder"])
+def test_model_and_data_groups_compose(model, data):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("run", overrides=[f"model={model}", f"data={data}", "data.root=/x"])
+        assert cfg.model.name == model
+        cfg = compose("train", overrides=[f"model={model}"])
+        assert cfg.train.epochs > 0
