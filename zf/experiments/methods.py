@@ -1,0 +1,83 @@
+"""Deconvnet, guided backpropagation and the gradient side by side on the same top-9 rows.
+
+The three methods differ only in the ReLU rule of the backward pass (``zf.deconv``): the paper's deconvnet rectifies
+the signal, the gradient masks it with the forward ReLU, guided backpropagation (Springenberg et al. 2015) does both.
+The same mined activations (``zf.tasks.mine_cached``) are projected with each, so differences come from the method
+alone.
+
+    python scripts/run.py experiment=methods layer=4
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..deconv import METHODS
+from ..plotting import image_grid
+from ..results import TopK
+
+
+def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
+                 methods: Sequence[str] = METHODS, normalize=None, device: str | torch.device = "cpu",
+                 tap: str = "relu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Patches uint8 (U, k, s, s, 3) and {method: projections float32 (U, k, 3, s, s)} of ``units`` of ``layer``
+    (rows of ``table``)."""
+    from ..visualize import unit_views
+
+    patches, out = None, {}
+    for m in methods:
+        p, proj = unit_views(model, dataset, table, layer, list(units), method=m, tap=tap, normalize=normalize,
+                             device=device)
+        patches = p if patches is None else patches
+        out[m] = proj
+    return patches, out
+
+
+def methods_figure(patches: np.ndarray, projections: dict[str, np.ndarray], units: Sequence[int], layer: str = "",
+                   mode: str = "symmetric"):
+    """One row per unit: its k projections by each method (a 3x3 grid each), then its k patches.
+
+    patches (U, k, s, s, 3) uint8; projections {method: (U, k, 3, s, s)}.  Returns (fig, axes (U, methods + 1))."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..visualize import display
+
+    names = list(projections)
+    k = patches.shape[1]
+    cols = int(np.ceil(np.sqrt(k)))
+    fig, axes = plt.subplots(len(units), len(names) + 1, figsize=(2.1 * (len(names) + 1), 2.1 * len(units) + 0.4),
+                             squeeze=False)
+    for i, u in enumerate(units):
+        for j, m in enumerate(names):
+            axes[i, j].imshow(image_grid(display(projections[m][i], mode), cols), interpolation="nearest")
+        axes[i, -1].imshow(image_grid(patches[i], cols), interpolation="nearest")
+        axes[i, 0].set_ylabel(f"unit {u}", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([]), ax.set_yticks([])
+    for j, title in enumerate(names + ["patches"]):
+        axes[0, j].set_title(title, fontsize=9)
+    fig.suptitle(f"{layer}: top-{k} by method" if layer else f"top-{k} by method", fontsize=10)
+    fig.tight_layout()
+    return fig, axes
+
+
+def method_agreement(projections: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean cosine similarity over rows between each pair of methods' projections ({"deconvnet~guided": ...})."""
+    names = list(projections)
+    flat = {m: projections[m].reshape(-1, int(np.prod(projections[m].shape[2:]))).astype(np.float64)
+            for m in names}
+    out = {}
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            x, y = flat[names[a]], flat[names[b]]
+            num = (x * y).sum(1)
+            den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+            ok = den > 0
+            out[f"{names[a]}~{names[b]}"] = float(np.mean(num[ok] / den[ok])) if ok.any() else float("nan")
+    return out
