@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Regenerate every figure and table of REPRODUCTION.md:  bash scripts/reproduce.sh
+# Each step is skipped when its outputs exist (FORCE=1 reruns them all).  Times: 2 CPU cores, nothing else running.
+#   0  shipped model (experiment=default_model, ~2.5 h; skipped when checkpoints/zfnet_imagenette.pt exists)
+#   1  Fig. 4 snapshots copied to checkpoints/evolution                                            (seconds)
+#   2  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1                  (~20 min)
+#   3  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~22 min)
+#   4  every experiment (scripts/run.py experiment=...) into outputs/reproduce/<name>              (~10 min + others')
+#   5  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5                                     (~10-15 min)
+#   6  figures copied (downscaled) to docs/figures/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PROJECT_ROOT="$PWD"
+PY=${PY:-.venv/bin/python}
+OUT=outputs/reproduce
+FORCE=${FORCE:-0}
+mkdir -p "$OUT"
+
+say() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+done_() { [ "$FORCE" != 1 ] && [ -e "$1" ]; }
+
+# 0. the shipped model
+if done_ checkpoints/zfnet_imagenette.pt; then say "shipped model: exists, skipped"
+else say "shipped model"; $PY scripts/train.py experiment=default_model hydra.run.dir=outputs/train/default_model; fi
+
+# 1. Fig. 4 snapshots (the shipped run's features_epochNNN.pt)
+if [ "$FORCE" != 1 ] && ls checkpoints/evolution/features_epoch*.pt >/dev/null 2>&1; then say "snapshots: exist, skipped"
+else
+  say "snapshots -> checkpoints/evolution"
+  mkdir -p checkpoints/evolution
+  cp outputs/train/default_model/checkpoints/features_epoch*.pt checkpoints/evolution/
+fi
+
+# 2. Fig. 6 reduced-budget training runs (fixed run dirs: outputs/train/<name>)
+for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1; do
+  if done_ "outputs/train/$e/history.json"; then say "$e: exists, skipped"
+  else say "$e"; $PY scripts/train.py experiment=$e; fi
+done
+
+# 3. Table 3 sweep (outputs/ablation/sweep/<variant>; unfinished jobs resume from their last.pt)
+n=$(ls outputs/ablation/sweep/*/history.json 2>/dev/null | wc -l)
+if [ "$FORCE" != 1 ] && [ "$n" -ge 9 ]; then say "ablation sweep: 9 jobs done, skipped"
+else say "ablation sweep ($n/9 done)"; $PY scripts/train.py -m experiment=ablation; fi
+
+# 4. experiments; a step's marker is written only when it succeeds
+run_step() {  # name, then scripts/run.py arguments
+  local name=$1; shift
+  if done_ "$OUT/$name/.done"; then say "$name: exists, skipped"; return; fi
+  say "$name"
+  $PY scripts/run.py "$@" hydra.run.dir="$OUT/$name" && touch "$OUT/$name/.done"
+}
+run_step ablation_table experiment=ablation_table
+run_step evolution experiment=evolution
+run_step filters experiment=filters
+run_step probe experiment=probe
+run_step methods experiment=methods
+run_step occlusion experiment=occlusion
+run_step invariance experiment=invariance
+run_step correspondence experiment=correspondence
+
+# 5. the main job, Fig. 2 (one mining pass, cached, serves all five layers)
+if done_ "$OUT/topk/.done"; then say "main job: exists, skipped"
+else
+  say "main job: layers 1-5"
+  $PY scripts/run.py -m layer=1,2,3,4,5 hydra.sweep.dir="$OUT/topk" && touch "$OUT/topk/.done"
+fi
+
+# 6. figures for REPRODUCTION.md
+say "docs/figures"
+$PY scripts/docs_figures.py
+say "done: fill the TODO(result) marks in REPRODUCTION.md from $OUT"
