@@ -107,7 +107,7 @@ def test_clip_layers_conv1_leaves_later_convs_alone():
 
 def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
     data = write_tree(tmp_path / "data", per_class=24, val_per_class=2)
-    epochs = 4
+    epochs = 3
     base = [sys.executable, str(ROOT / "scripts" / "train.py"), f"data.root={data}", f"train.epochs={epochs}",
             "train.schedule=onecycle", "train.snapshot_epochs=[1]", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PROJECT_ROOT": str(ROOT), "HYDRA_FULL_ERROR": "1"}
@@ -134,6 +134,7 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
     assert killed_mid_run or proc.returncode == 0, proc.stderr.read()
     print(f"kill -9 {'after epoch %d of %d' % (seen, epochs) if killed_mid_run else 'too late: the run had finished'}")
     assert seen >= 1
+    seen = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])  # it may have saved one more
 
     resumed = subprocess.run(cmd(killed), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -254,7 +255,7 @@ def test_training_skips_an_unreadable_file(tmp_path, preload):
 # --------------------------------------------------------------------------------------------------------------
 # 6. configs compose; a tiny run writes everything; export loads
 
-@pytest.mark.parametrize("experiment", [None] + sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("experiment", [None, "default_model"])  # other experiments: tests/test_experiments_*.py
 def test_config_composes(experiment, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 

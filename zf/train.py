@@ -283,10 +283,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
             state = {"model": model.state_dict(), "arch": getattr(model, "arch", {}), "meta": meta,
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
                      "history": history, "config": config_to_save or asdict(cfg)}
-            save_atomic(state, last)
+            # the snapshot first: once last.pt says epoch N, a resumed run never comes back to write N's snapshot
             if epoch in set(cfg.snapshot_epochs) or epoch == cfg.epochs:
                 save_atomic({"features": feature_state(model), "arch": getattr(model, "arch", {}), "epoch": epoch},
                             ckpt_dir / f"features_epoch{epoch:03d}.pt")
+            save_atomic(state, last)
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}
             epochs_bar.write(str(shown))
             tracker.log({k: v for k, v in rec.items() if v is not None}, step=epoch)
