@@ -118,7 +118,7 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     last = killed / "checkpoints" / "last.pt"
     proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen, deadline = 0, time.time() + 120
+    seen, deadline = 0, time.time() + 600  # generous: a loaded machine can take minutes
     try:
         while time.time() < deadline and proc.poll() is None:
             if last.is_file():
@@ -132,16 +132,17 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
     finally:
         proc.wait(timeout=60)
     assert killed_mid_run or proc.returncode == 0, proc.stderr.read()
+    assert seen >= 1, "no checkpoint within the deadline"
     print(f"kill -9 {'after epoch %d of %d' % (seen, epochs) if killed_mid_run else 'too late: the run had finished'}")
     assert seen >= 1
     seen = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])  # it may have saved one more
 
-    resumed = subprocess.run(cmd(killed), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(cmd(killed), env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = torch.load(last, map_location="cpu", weights_only=True)
     if killed_mid_run and seen < epochs:
         assert f"after epoch {seen}" in resumed.stdout + resumed.stderr
-    fresh = subprocess.run(cmd(tmp_path / "fresh"), env=env, capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(cmd(tmp_path / "fresh"), env=env, capture_output=True, text=True, timeout=900)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     ref = torch.load(tmp_path / "fresh" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
@@ -197,7 +198,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatc
         port = s.getsockname()[1]
     ctx = mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=False,
                              start_method="spawn")
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while not ctx.join(timeout=1):
         if time.time() > deadline:
             for p in ctx.processes:
