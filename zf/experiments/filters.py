@@ -21,8 +21,8 @@ from torch import nn
 
 from ..plotting import filter_grid, image_grid
 
-#: frequency bands in cycles per input pixel (Nyquist = 0.5)
-BANDS = {"low": (0.0, 0.125), "mid": (0.125, 0.25), "high": (0.25, 0.5 + 1e-9)}
+#: frequency bands: radial frequency in cycles per input pixel (Nyquist 0.5 along an axis, 0.71 on the diagonal)
+BANDS = {"low": (0.0, 0.125), "mid": (0.125, 0.25), "high": (0.25, float("inf"))}
 
 
 def conv1_weight(model: nn.Module) -> torch.Tensor:
@@ -39,7 +39,7 @@ def filter_stats(weight: torch.Tensor, dead: float = 0.25, pad: int = 32) -> dic
     Returns: ``n``; ``rms`` (C_out,) per-filter RMS; ``top_energy_share`` (largest filter's share of the summed
     squared norms: 1/n when all are equal, near 1 when one dominates); ``rms_max_over_median``; ``dead_fraction``
     (filters with RMS under ``dead`` x the median); ``band_energy`` {low, mid, high}: the mean over filters of the
-    fraction of each filter's (mean-removed) spectral energy in that band, frequencies in cycles per input pixel
+    fraction of each filter's spectral energy (DC included) in that band, frequencies in cycles per input pixel
     (the FFT is zero-padded to ``pad``).
     """
     w = weight.detach().double().cpu()
@@ -47,12 +47,12 @@ def filter_stats(weight: torch.Tensor, dead: float = 0.25, pad: int = 32) -> dic
     rms = w.pow(2).mean(dim=(1, 2, 3)).sqrt()
     sq = w.pow(2).sum(dim=(1, 2, 3))
     med = rms.median()
-    centred = w - w.mean(dim=(2, 3), keepdim=True)
+    # no mean removal: a filter's DC (a flat colour blob, common in AlexNet's layer 1) is low-frequency content
     k = w.shape[-1]
     size = max(pad, k)
-    power = torch.fft.fft2(centred, s=(size, size)).abs().pow(2).sum(1)        # (n, size, size)
-    f = torch.fft.fftfreq(size, d=1.0)
-    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).clamp(max=0.5)
+    power = torch.fft.fft2(w, s=(size, size)).abs().pow(2).sum(1)               # (n, size, size)
+    f = torch.fft.fftfreq(size, d=1.0, dtype=torch.float64)
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     total = power.sum(dim=(1, 2)).clamp(min=1e-30)
     bands = {b: float(((power * ((radius >= lo) & (radius < hi))).sum(dim=(1, 2)) / total).mean())
              for b, (lo, hi) in BANDS.items()}
