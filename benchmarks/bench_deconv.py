@@ -1,0 +1,94 @@
+"""Time zf.deconv.project against captum's NeuronDeconvolution on the same rows.
+
+Rows: for every channel of the layer, the 9 first validation images (sorted listing) at one position, the argmax of
+the channel's mean map over the 9 images; 9 x C rows.  captum is called once per channel (9 rows per call).
+
+    .venv/bin/python benchmarks/bench_deconv.py --layer 4 --width 0.25 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zf.deconv import activations, project
+from zf.layers import resolve_layer
+from zf.models import load_zfnet, zfnet
+
+DATA = Path("/work/shared/data/imagenette-224/val")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_images(root: Path, n: int = 9, size: int = 224) -> torch.Tensor:
+    """The first n images of a sorted listing of root, centre-cropped to size: (n, 3, size, size), normalised."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:n]
+    out = []
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        im = im.crop(((w - size) // 2, (h - size) // 2, (w - size) // 2 + size, (h - size) // 2 + size))
+        a = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        out.append((a - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])
+    return torch.stack(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layer", default="4")
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--checkpoint", default=None, help="zf checkpoint (default: random zfnet(num_classes=10))")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--images", default=str(DATA))
+    ap.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided"])
+    ap.add_argument("--norm", default="gradient", choices=["gradient", "identity"],
+                    help="LRN in the reverse path; captum back-propagates through it, so 'gradient' gives equal "
+                         "results (zf's default, 'identity', skips it)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = load_zfnet(args.checkpoint) if args.checkpoint else zfnet(num_classes=10, width=args.width)
+    model.eval()
+    layer = int(args.layer) if args.layer.isdigit() else args.layer
+    images = load_images(Path(args.images))
+    n = len(images)
+    acts = activations(model, images, layer)
+    c, h, w = acts.shape[1:]
+    pos = acts.mean(0).flatten(1).argmax(1)  # (C,)
+    ys, xs = pos // w, pos % w
+    rows = torch.stack([torch.arange(n).repeat(c), torch.arange(c).repeat_interleave(n),
+                        ys.repeat_interleave(n), xs.repeat_interleave(n)], 1)  # (n*C, 4), channel-major
+    print(f"zfnet width {args.width}, layer {args.layer} ({resolve_layer(model, layer).name}): {c} channels x {n} "
+          f"images = {len(rows)} rows, {torch.get_num_threads()} threads, method {args.method}, norm {args.norm}")
+
+    project(model, images, rows[:n], layer, method=args.method, seed="one", norm=args.norm)  # warm up
+    t0 = time.perf_counter()
+    ours = project(model, images, rows, layer, method=args.method, seed="one", norm=args.norm)
+    t_ours = time.perf_counter() - t0
+
+    from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
+
+    module = resolve_layer(model, layer).module
+    attr = (NeuronDeconvolution if args.method == "deconvnet" else NeuronGuidedBackprop)(model, module)
+    x = images.clone().requires_grad_(True)
+    ref = torch.empty_like(ours)
+    attr.attribute(x, neuron_selector=(0, int(ys[0]), int(xs[0])))  # warm up
+    t0 = time.perf_counter()
+    for ch in range(c):
+        ref[ch * n:(ch + 1) * n] = attr.attribute(x, neuron_selector=(ch, int(ys[ch]), int(xs[ch]))).detach()
+    t_ref = time.perf_counter() - t0
+
+    diff = (ours - ref).abs().max().item() / ref.abs().max().item()
+    print(f"zf.deconv.project: {t_ours:.2f} s   captum loop: {t_ref:.2f} s   speed-up {t_ref / t_ours:.1f}x   "
+          f"max |diff| / max |ref| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
