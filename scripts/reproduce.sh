@@ -3,11 +3,12 @@
 # Each step is skipped when its outputs exist (FORCE=1 reruns them all).  Times: 2 CPU cores, nothing else running.
 #   0  shipped model (experiment=default_model, ~2.5 h; skipped when checkpoints/zfnet_imagenette.pt exists)
 #   1  Fig. 4 snapshots copied to checkpoints/evolution                                            (seconds)
-#   2  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1                  (~20 min)
-#   3  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~22 min)
-#   4  every experiment (scripts/run.py experiment=...) into outputs/reproduce/<name>              (~10 min + others')
-#   5  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5                                     (~10-15 min)
-#   6  figures copied (downscaled) to docs/figures/
+#   2  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5 (one cached mining pass)            (~10 min)
+#   3  the experiments on the shipped model (scripts/run.py experiment=...) -> outputs/reproduce/<name>
+#   4  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1                  (~12 min)
+#   5  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~20 min)
+#   6  filters (Fig. 6) and the Table 3 collector, which read the runs of 4 and 5
+#   7  figures copied (downscaled) to docs/figures/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PROJECT_ROOT="$PWD"
@@ -31,41 +32,44 @@ else
   cp outputs/train/default_model/checkpoints/features_epoch*.pt checkpoints/evolution/
 fi
 
-# 2. Fig. 6 reduced-budget training runs (fixed run dirs: outputs/train/<name>)
-for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1; do
-  if done_ "outputs/train/$e/history.json"; then say "$e: exists, skipped"
-  else say "$e"; $PY scripts/train.py experiment=$e; fi
-done
-
-# 3. Table 3 sweep (outputs/ablation/sweep/<variant>; unfinished jobs resume from their last.pt)
-n=$(ls outputs/ablation/sweep/*/history.json 2>/dev/null | wc -l)
-if [ "$FORCE" != 1 ] && [ "$n" -ge 9 ]; then say "ablation sweep: 9 jobs done, skipped"
-else say "ablation sweep ($n/9 done)"; $PY scripts/train.py -m experiment=ablation; fi
-
-# 4. experiments; a step's marker is written only when it succeeds
-run_step() {  # name, then scripts/run.py arguments
-  local name=$1; shift
-  if done_ "$OUT/$name/.done"; then say "$name: exists, skipped"; return; fi
-  say "$name"
-  $PY scripts/run.py "$@" hydra.run.dir="$OUT/$name" && touch "$OUT/$name/.done"
-}
-run_step ablation_table experiment=ablation_table
-run_step evolution experiment=evolution
-run_step filters experiment=filters
-run_step probe experiment=probe
-run_step methods experiment=methods
-run_step occlusion experiment=occlusion
-run_step invariance experiment=invariance
-run_step correspondence experiment=correspondence
-
-# 5. the main job, Fig. 2 (one mining pass, cached, serves all five layers)
+# 2. the main job, Fig. 2 (one mining pass, cached, serves all five layers)
 if done_ "$OUT/topk/.done"; then say "main job: exists, skipped"
 else
   say "main job: layers 1-5"
   $PY scripts/run.py -m layer=1,2,3,4,5 hydra.sweep.dir="$OUT/topk" && touch "$OUT/topk/.done"
 fi
 
-# 6. figures for REPRODUCTION.md
+# 3. experiments; a step's marker is written only when it succeeds
+run_step() {  # name, then scripts/run.py arguments
+  local name=$1; shift
+  if done_ "$OUT/$name/.done"; then say "$name: exists, skipped"; return; fi
+  say "$name"
+  $PY scripts/run.py "$@" hydra.run.dir="$OUT/$name" && touch "$OUT/$name/.done"
+}
+
+run_step evolution experiment=evolution
+run_step probe experiment=probe
+run_step methods experiment=methods
+run_step occlusion experiment=occlusion
+run_step invariance experiment=invariance
+run_step correspondence experiment=correspondence
+
+# 4. Fig. 6 reduced-budget training runs (fixed run dirs: outputs/train/<name>)
+for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1; do
+  if done_ "outputs/train/$e/history.json"; then say "$e: exists, skipped"
+  else say "$e"; $PY scripts/train.py experiment=$e; fi
+done
+
+# 5. Table 3 sweep (outputs/ablation/sweep/<variant>; unfinished jobs resume from their last.pt)
+n=$(ls outputs/ablation/sweep/*/history.json 2>/dev/null | wc -l)
+if [ "$FORCE" != 1 ] && [ "$n" -ge 9 ]; then say "ablation sweep: 9 jobs done, skipped"
+else say "ablation sweep ($n/9 done)"; $PY scripts/train.py -m experiment=ablation; fi
+
+# 6. the experiments that read the training runs above
+run_step ablation_table experiment=ablation_table
+run_step filters experiment=filters
+
+# 7. figures for REPRODUCTION.md
 say "docs/figures"
 $PY scripts/docs_figures.py
 say "done: fill the TODO(result) marks in REPRODUCTION.md from $OUT"

@@ -109,13 +109,29 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         win, corners = project_windows(model, x, rows.to(device), layer, method=method, seed=seed, tap=tap,
                                        norm=norm)
         boxes = torch.as_tensor(table.box[ti][uu, rr])
-        if not torch.equal(corners.cpu(), boxes[:, [0, 2]]):
-            raise RuntimeError("projection windows and receptive-field boxes disagree; the tap or model changed "
-                               "since mining")
         crops = crop_boxes(raw[rows[:, 0]], boxes, fill)        # (R, 3, s, s) uint8
         patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
-        projections[c0 + uu, rr] = win.cpu().float().numpy()
+        projections[c0 + uu, rr] = _in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), boxes.numpy(), s)
     return patches, projections
+
+
+def _in_boxes(win: np.ndarray, corners: np.ndarray, boxes: np.ndarray, s: int) -> np.ndarray:
+    """Windows (R, 3, h, w) with image corners (R, 2) placed into their (s x s) boxes (R, 4: y0, y1, x0, x1).
+
+    The deconvnet's windows are the receptive fields themselves, except on images smaller than a field, where they
+    are cut to the image; then the part of the window inside the box is copied (a projection is zero outside its
+    unit's receptive field)."""
+    r, c, h, w = win.shape
+    if (h, w) == (s, s) and (corners == boxes[:, [0, 2]]).all():
+        return win
+    out = np.zeros((r, c, s, s), win.dtype)
+    for i in range(r):
+        (cy, cx), (y0, y1, x0, x1) = corners[i], boxes[i]
+        oy0, oy1 = max(cy, y0), min(cy + h, y1)
+        ox0, ox1 = max(cx, x0), min(cx + w, x1)
+        if oy1 > oy0 and ox1 > ox0:
+            out[i, :, oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] = win[i, :, oy0 - cy:oy1 - cy, ox0 - cx:ox1 - cx]
+    return out
 
 
 def unit_image(patches: np.ndarray, projections: np.ndarray, mode: str = "symmetric", pad: int = 2,
