@@ -22,6 +22,17 @@ def plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def save_figure(fig, path: Path, tracker: Tracker, key: str, dpi: int) -> Path:
+    """Save a matplotlib figure under the run directory, close it, and log it to W&B as ``key``."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    tracker.image(key, str(path))
+    return path
+
+
 def make_tracker(cfg: DictConfig, job_type: str, rank: int = 0) -> Tracker:
     lg = cfg.logger
     return Tracker(project=lg.project, dir=cfg.paths.output_dir, config=plain(cfg), mode=lg.mode, group=lg.group,
@@ -201,7 +212,6 @@ def render_layer(out: Path, model, dataset, normalize, table, layer: str, units:
                  methods: list[str], tap: str, seed_mode: str, norm: str, display_mode: str, device, dpi: int,
                  tracker: Tracker, progress: bool = True) -> dict:
     """Write one layer's part of a run directory (``zf.results`` layout); returns {method: overview figure path}."""
-    import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image
 
@@ -241,12 +251,7 @@ def render_layer(out: Path, model, dataset, normalize, table, layer: str, units:
         oi = [units.index(u) for u in overview]
         fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
                                  mode=display_mode)
-        fpath = out / "figures" / f"{layer}_{method}.png"
-        fpath.parent.mkdir(exist_ok=True)
-        fig.savefig(fpath, dpi=dpi)
-        plt.close(fig)
-        figs[method] = fpath
-        tracker.image(f"{layer}/{method}", str(fpath))
+        figs[method] = save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
     _log_run(tracker, out, layer, table, methods, units, id_paths)
     return figs
 
@@ -396,15 +401,6 @@ def _exp_grey(grey, normalize) -> float | list[float]:
     return normalize.to("cpu")(g).flatten().tolist()
 
 
-def _exp_savefig(fig, path: Path, tracker: Tracker, key: str, dpi: int) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    tracker.image(key, str(path))
-
-
 def occlusion_task(cfg: DictConfig) -> float:
     """Fig. 7 (``experiment=occlusion``): occlusion maps of each image in ``occlusion.images``, the unit's
     projections (here and in its mined top-k of the val split), written as arrays, JSON and a figure.  Returns the
@@ -478,7 +474,7 @@ def occlusion_task(cfg: DictConfig) -> float:
         (out / "occlusion.json").write_text(json.dumps(summary, indent=1))
         fig, _ = occlusion_figure([im.permute(1, 2, 0).numpy() for im in raw], results, projections, others, boxes,
                                   names)
-        _exp_savefig(fig, out / "figures" / "occlusion.png", tracker, "occlusion/figure", int(cfg.dpi))
+        save_figure(fig, out / "figures" / "occlusion.png", tracker, "occlusion/figure", int(cfg.dpi))
         drop = float(np.mean([r["base_p_true"] - r["p_true"].min() for r in results]))
         tracker.summary({"mean_p_true_drop": drop})
         tracker.artifact("occlusion", "occlusion", [out / f for f in ("activation.npy", "p_true.npy",
@@ -548,7 +544,7 @@ def invariance_task(cfg: DictConfig) -> float:
                                   for k, r in results.items()}}
         (out / "invariance.json").write_text(json.dumps(summary, indent=1))
         fig, _ = invariance_figure(results, names)
-        _exp_savefig(fig, out / "figures" / "invariance.png", tracker, "invariance/figure", int(cfg.dpi))
+        save_figure(fig, out / "figures" / "invariance.png", tracker, "invariance/figure", int(cfg.dpi))
         mean_p = float(np.mean([r["p_true"].mean() for r in results.values()]))
         tracker.summary({f"{k}/mean_p_true": s["mean_p_true"] for k, s in summary["transforms"].items()})
         tracker.artifact("invariance", "invariance", [out / "invariance.npz", out / "invariance.csv",
@@ -603,7 +599,7 @@ def correspondence_task(cfg: DictConfig) -> float:
             "random_centres": res["random_centres"].tolist()}, indent=1))
         fig, _ = correspondence_figure([im.permute(1, 2, 0).numpy() for im in raw], res["centres"], int(c.size),
                                        res["random_centres"])
-        _exp_savefig(fig, out / "figures" / "correspondence.png", tracker, "correspondence/figure", int(cfg.dpi))
+        save_figure(fig, out / "figures" / "correspondence.png", tracker, "correspondence/figure", int(cfg.dpi))
         tracker.table("table1", list(rows[0]), [list(r.values()) for r in rows])
         tracker.artifact("correspondence", "table", [out / "table1.csv", out / "table1.json", out / "table1.md"])
         print(md)
@@ -643,16 +639,6 @@ def _xp_miner(cfg: DictConfig, transform: dict, normalize, device, k: int = 1):
                                 int(cfg.batch_size), int(cfg.num_workers), device, normalize, progress=cfg.progress)
         return tables
     return fn
-
-
-def _xp_savefig(fig, path: Path, tracker: Tracker, key: str, dpi: int) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    tracker.image(key, str(path))
-    return path
 
 
 def _xp_csv(path: Path, rows: list[dict], columns=None) -> None:
@@ -703,7 +689,7 @@ def evolution_task(cfg: DictConfig) -> float:
                    "transform": transform, "mean_last_top1_activation": last}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         fig, _ = ev.evolution_figure(res)
-        path = _xp_savefig(fig, out / "figures" / "evolution.png", tracker, "evolution", int(cfg.dpi))
+        path = save_figure(fig, out / "figures" / "evolution.png", tracker, "evolution", int(cfg.dpi))
         tracker.summary({"mean_last_top1_activation": last})
         tracker.artifact("evolution", "results", [out / "evolution.npz", out / "evolution.csv", out / "summary.json"])
         print(f"evolution: {len(res['epochs'])} snapshots x {sum(map(len, res['units'].values()))} units; {path}")
@@ -772,11 +758,11 @@ def filters_task(cfg: DictConfig) -> float:
         if "default" in models:
             fig, _ = fx.filters_figure({names["default"]: fx.conv1_weight(models["default"])},
                                        title="Fig. 6(a)-(c) style: layer-1 filters")
-            figs["default"] = _xp_savefig(fig, out / "figures" / "fig6_default_filters.png", tracker, "default", dpi)
+            figs["default"] = save_figure(fig, out / "figures" / "fig6_default_filters.png", tracker, "default", dpi)
         clip = {names[k]: fx.conv1_weight(models[k]) for k in ("noclip", "zf_small") if k in models}
         if clip:
             fig, _ = fx.filters_figure(clip, title="Fig. 6(a): without vs with feature scale clipping")
-            figs["clipping"] = _xp_savefig(fig, out / "figures" / "fig6_clipping.png", tracker, "clipping", dpi)
+            figs["clipping"] = save_figure(fig, out / "figures" / "fig6_clipping.png", tracker, "clipping", dpi)
         pair = [k for k in ("alexnet", "zf_small") if k in models]
         if pair:
             normalize, transform = _xp_normalize(cfg)
@@ -790,7 +776,7 @@ def filters_task(cfg: DictConfig) -> float:
                 infos[k]["layer2_units"] = units
                 panels[names[k]] = (fx.conv1_weight(m), proj)
             fig, _ = fx.comparison_figure(panels, title="Fig. 6(b)-(e): first layer and layer-2 projections")
-            figs["alexnet_vs_zf"] = _xp_savefig(fig, out / "figures" / "fig6_alexnet_vs_zf.png", tracker,
+            figs["alexnet_vs_zf"] = save_figure(fig, out / "figures" / "fig6_alexnet_vs_zf.png", tracker,
                                                 "alexnet_vs_zf", dpi)
         (out / "summary.json").write_text(json.dumps({"models": infos, "figures": {k: str(v) for k, v in figs.items()}},
                                                      indent=1, default=str))
@@ -817,7 +803,7 @@ def ablation_table_task(cfg: DictConfig) -> float:
         (out / "ablation_table.md").write_text(md)
         (out / "ablation_table.json").write_text(json.dumps(rows, indent=1))
         fig, _ = ab.ablation_figure(rows)
-        _xp_savefig(fig, out / "figures" / "ablation.png", tracker, "ablation", int(cfg.dpi))
+        save_figure(fig, out / "figures" / "ablation.png", tracker, "ablation", int(cfg.dpi))
         tracker.table("table3", list(ab.COLUMNS), [[r.get(c) for c in ab.COLUMNS] for r in rows])
         print(md)
         base = next((r for r in rows if r["name"] == ab.BASELINE), None)
@@ -857,7 +843,7 @@ def probe_task(cfg: DictConfig) -> float:
                                                      "l2": float(p.l2), "layers": dict(layers),
                                                      "transform": transform}, indent=1))
         fig, _ = px.probe_figure(rows, chance=1.0 / n_classes)
-        _xp_savefig(fig, out / "figures" / "probe.png", tracker, "probe", int(cfg.dpi))
+        save_figure(fig, out / "figures" / "probe.png", tracker, "probe", int(cfg.dpi))
         tracker.table("probe", list(rows[0]), [list(r.values()) for r in rows])
         for r in rows:
             print(f"  {r['layer']:>6}  dim {r['dim']:5d}  train {100 * r['train_acc']:5.1f}%  "
@@ -903,7 +889,7 @@ def methods_task(cfg: DictConfig) -> float:
                                                        "images": len(dataset), "mining_cache": str(cache)},
                                                       indent=1))
         fig, _ = methods_figure(patches, projs, units, target.name, cfg.display)
-        path = _xp_savefig(fig, out / "figures" / f"methods_{target.name}.png", tracker, "methods", int(cfg.dpi))
+        path = save_figure(fig, out / "figures" / f"methods_{target.name}.png", tracker, "methods", int(cfg.dpi))
         tracker.summary(agreement)
         print(f"methods: {target.name}, units {units}; agreement {agreement}; {path}")
         return float(agreement.get("deconvnet~guided", float("nan")))
