@@ -39,16 +39,18 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, fill: float = 128) -> 
     return torch.where(ok, out, torch.tensor(fill, dtype=images.dtype))
 
 
-def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric") -> np.ndarray:
+def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", percentile: float = 99.5) -> np.ndarray:
     """Projections (..., 3, s, s) float -> (..., s, s, 3) uint8 for viewing, each stretched on its own.
 
-    ``symmetric``: zero is mid-grey and the largest magnitude reaches black or white (sign is kept visible);
-    ``minmax``: the projection's own range maps to 0..255."""
+    ``symmetric``: zero is mid-grey and the ``percentile``-th percentile of the magnitudes reaches black or white
+    (larger values saturate; sign stays visible).  A few isolated extreme pixels would otherwise leave the rest of the
+    projection grey; 100 gives the plain max stretch.  ``minmax``: the projection's own range maps to 0..255."""
     p = projection.detach().cpu().float().numpy() if isinstance(projection, torch.Tensor) else \
         np.asarray(projection, np.float32)
     axes = (-3, -2, -1)
     if mode == "symmetric":
-        m = np.abs(p).max(axis=axes, keepdims=True)
+        flat = np.abs(p).reshape(*p.shape[:-3], -1)
+        m = np.percentile(flat, percentile, axis=-1)[..., None, None, None] if flat.size else flat
         v = 0.5 + p / np.maximum(2 * m, 1e-12)
     elif mode == "minmax":
         lo, hi = p.min(axis=axes, keepdims=True), p.max(axis=axes, keepdims=True)
