@@ -113,54 +113,30 @@ def _batch_norm(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Record:
-    """What the reverse pass needs of one module, stored channels-last so a window gathers rows of C values."""
-
     shape: tuple  # the module's input shape (N, C, H, W)
-    code: torch.Tensor | None = None  # max pool: (N, h, w, C) int64 switch, dy * kx + dx inside its pool window
-    mask: torch.Tensor | None = None  # ReLU: (N, H, W, C) bool, input > 0
-    saved: torch.Tensor | None = None  # LRN: (N, H, W, C) input
+    switches: torch.Tensor | None = None  # max pool: (N, C, h, w) flat argmax into the input's H*W
+    mask: torch.Tensor | None = None  # ReLU: (N, C, H, W) bool, input > 0
+    saved: torch.Tensor | None = None  # LRN: (N, C, H, W) input
 
 
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 2, 3, 1).contiguous()
-
-
-def _switch_code(idx: torch.Tensor, w_in: int, k, s, p) -> torch.Tensor:
-    """Flat argmax indices (N, C, h, w) into an input map w_in wide -> (N, h, w, C) codes dy * kx + dx, the switch's
-    offset from its pool window's corner (that corner is (y * sy - py, x * sx - px) for output (y, x))."""
-    (ky, kx), (sy, sx), (py, px) = k, s, p
-    _, _, h, w = idx.shape
-    dy = torch.div(idx, w_in, rounding_mode="floor") - (torch.arange(h, device=idx.device) * sy - py)[:, None]
-    dx = idx % w_in - (torch.arange(w, device=idx.device) * sx - px)
-    return _nhwc(dy * kx + dx)
-
-
-def _pool_geometry(m: nn.MaxPool2d):
-    return _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
-
-
-def _forward_features(features: nn.Sequential, x: torch.Tensor, stop: int, record: bool = False,
-                      masks: bool = False, lrn_inputs: bool = False) -> tuple[torch.Tensor, list[_Record]]:
+def _forward_features(features: nn.Sequential, x: torch.Tensor, stop: int, masks: bool = False,
+                      lrn_inputs: bool = False) -> tuple[torch.Tensor, list[_Record]]:
     """Run ``features[:stop + 1]`` on x (N, 3, H, W) in eval semantics (dropout off, batch norm with running
-    statistics); returns the output and, with ``record``, one record per module (switches; ReLU masks with
-    ``masks``; LRN inputs with ``lrn_inputs``)."""
+    statistics); returns the output and one record per module."""
     recs = []
     for i in range(stop + 1):
         m = features[i]
         rec = _Record(tuple(x.shape))
         if isinstance(m, nn.MaxPool2d):
-            w_in = x.shape[3]
-            x, idx = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                                  return_indices=True)
-            if record:
-                rec.code = _switch_code(idx, w_in, *_pool_geometry(m))
+            x, rec.switches = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                                           return_indices=True)
         elif isinstance(m, nn.ReLU):
-            if record and masks:
-                rec.mask = _nhwc(x > 0)
+            if masks:
+                rec.mask = x > 0
             x = F.relu(x)
         elif isinstance(m, nn.LocalResponseNorm):
-            if record and lrn_inputs:
-                rec.saved = _nhwc(x)
+            if lrn_inputs:
+                rec.saved = x
             x = m(x)
         elif isinstance(m, nn.BatchNorm2d):
             x = _batch_norm(m, x)
@@ -202,25 +178,23 @@ def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: s
 
 
 def _window_index(o: torch.Tensor, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions o[:, None] + arange(size) clamped into [0, n), and whether each was inside: (R, size) each."""
+    """Positions o[:, None] + arange(size) clamped into [0, size_of_map n), and whether each was inside: (R, size)."""
     pos = o[:, None] + torch.arange(size, device=o.device)
     return pos.clamp(0, n - 1), (pos >= 0) & (pos < n)
 
 
 def _gather(t: torch.Tensor, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, h: int, w: int):
-    """Windows of a channels-last map t (N, H, W, C): row r is t[img[r], oy[r]:oy[r]+h, ox[r]:ox[r]+w] -> returned
-    as (R, C, h, w) in channels-last memory, with clamped (repeated edge) values outside the map, and the
-    (R, 1, h, w) bool mask of positions inside it.  One index_select of R*h*w rows of C contiguous values."""
-    n, hh, ww, c = t.shape
+    """Windows of t (N, C, H, W): for each row r, t[img[r], :, oy[r]:oy[r]+h, ox[r]:ox[r]+w] -> (R, C, h, w), with
+    clamped values outside the map, and the (R, 1, h, w) bool mask of positions inside it."""
+    _, c, hh, ww = t.shape
     ys, vy = _window_index(oy, hh, h)
     xs, vx = _window_index(ox, ww, w)
-    flat = (img * (hh * ww))[:, None, None] + (ys * ww)[:, :, None] + xs[:, None, :]  # (R, h, w)
-    out = t.reshape(n * hh * ww, c).index_select(0, flat.reshape(-1)).view(len(img), h, w, c)
-    return out.permute(0, 3, 1, 2), vy[:, None, :, None] & vx[:, None, None, :]
+    ch = torch.arange(c, device=t.device)
+    out = t[img[:, None, None, None], ch[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+    return out, vy[:, None, :, None] & vx[:, None, None, :]
 
 
 def _inside(oy, ox, h, w, hh, ww) -> torch.Tensor:
-    """(R, 1, h, w) bool: which positions of the windows at (oy, ox) (R,) lie inside an (hh, ww) map."""
     _, vy = _window_index(oy, hh, h)
     _, vx = _window_index(ox, ww, w)
     return vy[:, None, :, None] & vx[:, None, None, :]
@@ -234,30 +208,10 @@ def _relu_rule(sig: torch.Tensor, mask: torch.Tensor | None, method: str) -> tor
     return torch.where(mask, sig, torch.zeros((), dtype=sig.dtype, device=sig.device))
 
 
-def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Sum over channels c - before .. c + after (zero outside) of t (..., C), channels last."""
-    return F.pad(t, (before, after)).unfold(-1, before + after + 1, 1).sum(-1)
-
-
-def _lrn_vjp(m: nn.LocalResponseNorm, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Vector-Jacobian product of PyTorch's LocalResponseNorm y = x / d**beta, d = k + alpha/n * sum x**2 over
-    channels c - n//2 .. c + (n-1)//2, at x (R, C, h, w) for the signal g (R, C, h, w).  LRN mixes channels of one
-    pixel only, so a window of its input suffices."""
-    n, a, b = m.size, m.alpha, m.beta
-    x, g = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)  # channels last (views of channels-last memory)
-    d = _channel_window_sum(x * x, n // 2, (n - 1) // 2).mul_(a / n).add_(m.k)
-    dpow = d.pow(-b)
-    t = g * x * dpow / d
-    out = g * dpow - (2 * a * b / n) * x * _channel_window_sum(t, (n - 1) // 2, n // 2)
-    return out.permute(0, 3, 1, 2)
-
-
 def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, sig: torch.Tensor, img: torch.Tensor,
                      oy: torch.Tensor, ox: torch.Tensor, method: str, norm: str):
     """Take sig (R, C, h, w), the windows at the output of ``features[stop]`` whose top-left corners are (oy, ox)
-    (R,) in the maps of images img (R,), down to pixels: returns (R, 3, h0, w0) and the new corners (oy, ox).
-    Tensors stay channels-last in memory (mkldnn's fast layout for the transposed convolutions)."""
-    sig = sig.contiguous(memory_format=torch.channels_last)
+    (R,) in the maps of images img (R,), down to pixels: returns (R, 3, h0, w0) and the new corners (oy, ox)."""
     for i in range(stop, -1, -1):
         m, rec = features[i], recs[i]
         _, _, hh, ww = rec.shape  # this module's input map
@@ -268,26 +222,23 @@ def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, si
             oy, ox = oy * sy - py, ox * sx - px
             sig = sig * _inside(oy, ox, sig.shape[2], sig.shape[3], hh, ww)  # padding is not part of the map
         elif isinstance(m, nn.MaxPool2d):
-            (ky, kx), (sy, sx), (py, px) = _pool_geometry(m)
-            code = _gather(rec.code, img, oy, ox, h, w)[0].permute(0, 2, 3, 1).reshape(r, h * w, c)
+            (ky, kx), (sy, sx), (py, px) = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+            idx, ok = _gather(rec.switches, img, oy, ox, h, w)
             oy, ox = oy * sy - py, ox * sx - px
             h2, w2 = (h - 1) * sy + ky, (w - 1) * sx + kx
-            # output (j, i) of the window has its pool window's corner at (j * sy, i * sx) of the input window, and
-            # its switch at code = dy * kx + dx from there: always inside the input window, even where (j, i) is
-            # off the map (the signal is zero there)
-            base = ((torch.arange(h, device=sig.device) * sy)[:, None] * w2
-                    + torch.arange(w, device=sig.device) * sx).view(1, h * w, 1)
-            lut = torch.tensor([dy * w2 + dx for dy in range(ky) for dx in range(kx)], device=sig.device)
-            flat = base + lut[code]  # (R, h*w, C)
+            ry = torch.div(idx, ww, rounding_mode="floor") - oy[:, None, None, None]
+            rx = idx % ww - ox[:, None, None, None]
+            flat = torch.where(ok, ry * w2 + rx, 0).view(r, c, h * w)
             # scatter_add: windows that share an input location add up there (the max-pool gradient)
-            src = sig.permute(0, 2, 3, 1).reshape(r, h * w, c)
-            sig = src.new_zeros(r, h2 * w2, c).scatter_add_(1, flat, src).view(r, h2, w2, c).permute(0, 3, 1, 2)
+            sig = sig.new_zeros(r, c, h2 * w2).scatter_add_(2, flat, sig.reshape(r, c, h * w)).view(r, c, h2, w2)
         elif isinstance(m, nn.ReLU):
             mask = None if method == "deconvnet" else _gather(rec.mask, img, oy, ox, h, w)[0]
             sig = _relu_rule(sig, mask, method)
         elif isinstance(m, nn.LocalResponseNorm):
-            if norm == "gradient":
-                sig = _lrn_vjp(m, _gather(rec.saved, img, oy, ox, h, w)[0], sig)
+            if norm == "gradient":  # LRN mixes channels at one pixel only, so the window's inputs suffice
+                x = _gather(rec.saved, img, oy, ox, h, w)[0].requires_grad_(True)
+                with torch.enable_grad():
+                    sig = torch.autograd.grad(m(x), x, sig)[0]
         elif isinstance(m, nn.BatchNorm2d):
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:
@@ -308,8 +259,7 @@ def _fit(sig: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, hh: int, ww: int
     # new window origin: 0 on an axis that is cut, unchanged otherwise; read sig at (new - old) origin offsets
     zy = torch.zeros_like(oy) if h > hh else oy
     zx = torch.zeros_like(ox) if w > ww else ox
-    part, ok = _gather(sig.permute(0, 2, 3, 1).contiguous(), torch.arange(r, device=sig.device), zy - oy, zx - ox,
-                       ny, nx)
+    part, ok = _gather(sig, torch.arange(r, device=sig.device), zy - oy, zx - ox, ny, nx)
     return torch.where(ok, part, 0), zy, zx
 
 
@@ -441,8 +391,8 @@ def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_
     for u0 in range(0, len(uniq), images_per_chunk):
         ids = uniq[u0:u0 + images_per_chunk]
         with torch.no_grad():
-            acts, recs = _forward_features(model.features, images[ids], t.stop, record=True,
-                                           masks=method != "deconvnet", lrn_inputs=norm == "gradient")
+            acts, recs = _forward_features(model.features, images[ids], t.stop, masks=method != "deconvnet",
+                                           lrn_inputs=norm == "gradient")
         local = torch.full((len(images),), -1, dtype=torch.long, device=dev)
         local[ids] = torch.arange(len(ids), device=dev)
         sel = order[local[rows[order, 0]] >= 0]
@@ -458,28 +408,25 @@ def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_
             sig[ar, ch, 0, 0] = acts[img, ch, y, x] if seed == "activation" else 1.0
             with torch.no_grad():
                 win, oy, ox = _reverse_windows(model.features, recs, t.stop, sig, img, y, x, method, norm)
-            if out is None:  # channels last, as the windows come
-                out = win.new_zeros(len(rows), win.shape[2], win.shape[3], win.shape[1])
-            out[idx] = win.permute(0, 2, 3, 1)
+            if out is None:
+                out = win.new_zeros(len(rows), *win.shape[1:])
+            out[idx] = win
             corners[idx, 0], corners[idx, 1] = oy, ox
     if out is None:  # no rows
-        out = images.new_zeros(0, 1, 1, images.shape[1])
-    return out.permute(0, 3, 1, 2), corners
+        out = images.new_zeros(0, images.shape[1], 1, 1)
+    return out, corners
 
 
 def _paste(win: torch.Tensor, corners: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Windows (R, C, s, t) with top-left corners (R, 2) onto a zero canvas (R, C, H, W) (channels-last memory),
-    clipped at the borders."""
+    """Windows (R, C, s, s) with top-left corners (R, 2) onto a zero canvas (R, C, H, W), clipped at the borders."""
     r, c, h, w = win.shape
     hh, ww = hw
     ys, vy = _window_index(corners[:, 0], hh, h)
     xs, vx = _window_index(corners[:, 1], ww, w)
-    ok = vy[:, :, None] & vx[:, None, :]  # (R, s, t)
-    # positions outside the image go to a spare canvas r = R, dropped at the end
-    row = torch.where(ok, torch.arange(r, device=win.device)[:, None, None], r)
-    canvas = win.new_zeros(r + 1, hh * ww, c)
-    canvas[row, (ys * ww)[:, :, None] + xs[:, None, :]] = win.permute(0, 2, 3, 1)
-    return canvas[:r].view(r, hh, ww, c).permute(0, 3, 1, 2)
+    ok = vy[:, None, :, None] & vx[:, None, None, :]
+    flat = (ys[:, None, :, None] * ww + xs[:, None, None, :]).expand(r, c, h, w).reshape(r, c, -1)
+    vals = torch.where(ok, win, 0).reshape(r, c, -1)  # clamped positions outside add zeros
+    return win.new_zeros(r, c, hh * ww).scatter_add_(2, flat, vals).view(r, c, hh, ww)
 
 
 def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
@@ -506,8 +453,7 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
         images_per_chunk: distinct images per forward pass (``crop`` only).
 
     Returns:
-        (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.receptive.unit_box``); with
-        ``crop`` in channels-last memory (call ``.contiguous()`` if a consumer needs NCHW memory).
+        (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.receptive.unit_box``).
     """
     rows = _check_args(images, rows, method, seed, norm)
     t = _target(model, layer, tap)
