@@ -38,6 +38,7 @@ def five_layer_run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     p = run(["layer=[1,2,3,4,5]", "data.limit=14", "k=3", "overview_units=4", f"hydra.run.dir={out}",
              f"paths.cache_dir={cache}", "logger=wandb", "logger.mode=offline", *TINY[:2], *TINY[3:]])
+    assert "W&B failed" not in p.stderr, p.stderr[-2000:]
     return out, cache, p.stdout
 
 

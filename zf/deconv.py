@@ -208,6 +208,24 @@ def _relu_rule(sig: torch.Tensor, mask: torch.Tensor | None, method: str) -> tor
     return torch.where(mask, sig, torch.zeros((), dtype=sig.dtype, device=sig.device))
 
 
+def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Sum over channels c - before .. c + after (zero outside) of t (..., C), channels last."""
+    return F.pad(t, (before, after)).unfold(-1, before + after + 1, 1).sum(-1)
+
+
+def _lrn_vjp(m: nn.LocalResponseNorm, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Vector-Jacobian product of PyTorch's LocalResponseNorm y = x / d**beta, d = k + alpha/n * sum x**2 over
+    channels c - n//2 .. c + (n-1)//2, at x (R, C, h, w) for the signal g (R, C, h, w), in closed form:
+    g_i / d_i**beta - (2 alpha beta / n) x_i sum_{c: i in window(c)} g_c x_c / d_c**(beta + 1)."""
+    n, a, b = m.size, m.alpha, m.beta
+    x, g = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
+    d = _channel_window_sum(x * x, n // 2, (n - 1) // 2).mul_(a / n).add_(m.k)
+    dpow = d.pow(-b)
+    t = g * x * dpow / d
+    out = g * dpow - (2 * a * b / n) * x * _channel_window_sum(t, (n - 1) // 2, n // 2)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, sig: torch.Tensor, img: torch.Tensor,
                      oy: torch.Tensor, ox: torch.Tensor, method: str, norm: str):
     """Take sig (R, C, h, w), the windows at the output of ``features[stop]`` whose top-left corners are (oy, ox)
@@ -236,9 +254,7 @@ def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, si
             sig = _relu_rule(sig, mask, method)
         elif isinstance(m, nn.LocalResponseNorm):
             if norm == "gradient":  # LRN mixes channels at one pixel only, so the window's inputs suffice
-                x = _gather(rec.saved, img, oy, ox, h, w)[0].requires_grad_(True)
-                with torch.enable_grad():
-                    sig = torch.autograd.grad(m(x), x, sig)[0]
+                sig = _lrn_vjp(m, _gather(rec.saved, img, oy, ox, h, w)[0], sig)
         elif isinstance(m, nn.BatchNorm2d):
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:

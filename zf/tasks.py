@@ -252,7 +252,6 @@ def render_layer(out: Path, model, dataset, normalize, table, layer: str, units:
         fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
                                  mode=display_mode)
         figs[method] = save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
-    _log_run(tracker, out, layer, table, methods, units, id_paths)
     return figs
 
 
@@ -291,14 +290,15 @@ def run_task(cfg: DictConfig) -> float:
                                     device, normalize, progress=cfg.progress)
         if rank != 0:
             return 0.0
-        (out / "images.json").write_text(json.dumps([str(dataset.path(i)) for i in range(len(dataset))]))
+        id_paths = [str(dataset.path(i)) for i in range(len(dataset))]
+        (out / "images.json").write_text(json.dumps(id_paths))
         rfs = receptive_fields(model, input_size=int(cfg.data.size))
-        layers, figs, score = {}, {}, 0.0
+        layers, figs, selected, score = {}, {}, {}, 0.0
         for layer in targets:
             all_units = tables[layer].units.tolist()
             units, overview = _units(cfg, all_units, layer)
             sel = np.array([all_units.index(u) for u in units])
-            table = TopK(**{f: getattr(tables[layer], f)[sel] for f in TOPK_FIELDS})
+            table = selected[layer] = TopK(**{f: getattr(tables[layer], f)[sel] for f in TOPK_FIELDS})
             figs[layer] = render_layer(out, model, dataset, normalize, table, layer, units, overview, methods,
                                        cfg.tap, cfg.seed_mode, cfg.norm, cfg.display, device, cfg.dpi, tracker,
                                        cfg.progress)
@@ -313,6 +313,8 @@ def run_task(cfg: DictConfig) -> float:
             "skipped": sorted(set(dataset.skipped)), "mining_cache": str(cache),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        for layer, table in selected.items():
+            _log_run(tracker, out, layer, table, methods, table.units.tolist(), id_paths)
         tracker.summary({f"{l}/mean_top1_activation": v["mean_top1_activation"] for l, v in layers.items()})
         if cfg.gallery:
             from .gallery import build_gallery
