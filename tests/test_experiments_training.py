@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imagetree
 import numpy as np
 import pytest
 import torch
@@ -45,18 +46,9 @@ def resolved(cfg):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def write_tree(root, per_class=6, val_per_class=3, classes=3, size=(80, 88), seed=0):
-    """root/{train,val}/c<k>/<i>.jpg: noise JPEGs, class k with a dimmed channel k."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in range(classes):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-                a[..., c] //= 4
-                Image.fromarray(a).save(d / f"{i}.jpg", quality=90)
-    return root
+def write_tree(root, **kw):
+    """The shared tiny tree (tests/imagetree.py), 6 + 3 images per class of 80x88."""
+    return imagetree.write_tree(root, **{"per_class": 6, "val_per_class": 3, "size": (80, 88), **kw})
 
 
 def tiny_checkpoint(path, seed=0, history=None, **arch):

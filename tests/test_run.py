@@ -79,6 +79,7 @@ def test_every_layer_writes_tables_figures_units_and_gallery(five_layer_run):
     # W&B offline run inside the run directory, with the table and the artifact
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert sorted(p.name for p in runs[0].glob("files/media/table/*")) == list(summary["layers"])
 
 
 def test_patch_pixels_are_the_receptive_field_of_the_source(five_layer_run):

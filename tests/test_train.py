@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagetree import write_tree
 from PIL import Image
 from torch import nn
 
@@ -28,21 +29,6 @@ TINY = ["model.arch.width=0.0625", "model.arch.fc=[64,64]", "data.size=56", "dat
         "train.progress=false", "train.threads=1", "train.preload=true", "logger=none"]
 # metrics that must agree between two runs of the same config (not the timings)
 SAME = ("epoch", "train_loss", "train_top1", "lr", "clipped_filters", "train_size", "val_loss", "val_top1", "val_top5")
-
-
-def write_tree(root, per_class=8, val_per_class=2, classes=3, size=(64, 72), seed=0):
-    """root/{train,val}/c<k>/<i>.jpg: noise JPEGs whose class k has a dimmed channel k (so there is something to
-    learn)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in range(classes):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-                a[..., c] //= 4
-                Image.fromarray(a).save(d / f"{i}.jpg", quality=90)
-    return root
 
 
 def compose(overrides, out_dir=None):
