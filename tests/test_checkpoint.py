@@ -3,7 +3,6 @@ states on a fixed slice of the Imagenette val split (so a broken checkpoint cann
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -13,7 +13,6 @@ import imagetree
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from zf.models import count_parameters, zfnet
 from zf.train import feature_state

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from imagetree import write_tree
-from PIL import Image
 from torch import nn
 
 from zf import data as zdata

@@ -32,7 +32,6 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 
 from zf.results import TopK, layer_dir, read_image_paths, read_summary
 
