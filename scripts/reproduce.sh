@@ -61,7 +61,7 @@ for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1; do
 done
 
 # 5. Table 3 sweep (outputs/ablation/sweep/<variant>; unfinished jobs resume from their last.pt)
-n=$(ls outputs/ablation/sweep/*/history.json 2>/dev/null | wc -l)
+n=$(find outputs/ablation/sweep -name history.json 2>/dev/null | wc -l || true)
 if [ "$FORCE" != 1 ] && [ "$n" -ge 9 ]; then say "ablation sweep: 9 jobs done, skipped"
 else say "ablation sweep ($n/9 done)"; $PY scripts/train.py -m experiment=ablation; fi
 
