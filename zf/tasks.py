@@ -304,7 +304,9 @@ def run_task(cfg: DictConfig) -> float:
                                        cfg.progress)
             score = float(np.nanmean(table.activation[:, 0]))
             layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride, "units": len(units),
-                             "channels": len(all_units), "overview_units": overview, "mean_top1_activation": score}
+                             "channels": len(all_units), "overview_units": overview, "mean_top1_activation": score,
+                             # units that never fire on this data: their "top k" are ties at zero, broken by index
+                             "dead_units": [int(u) for u, a in zip(table.units, table.activation[:, 0]) if not a > 0]}
         summary = {
             "model": cfg.model.name, "checkpoint": cfg.model.get("checkpoint"), "weights": cfg.model.get("weights"),
             "data": str(dataset.files.root), "transform": transform, "methods": methods, "k": int(cfg.k),

@@ -156,8 +156,8 @@ def _fmt(v) -> str:
 def to_markdown(rows: Sequence[dict]) -> str:
     """The table as Markdown: ours (train top-1 / val top-1 / val top-5 error %, change in val top-1 from our
     baseline) beside the paper's row for the same change."""
-    head = ("| change (ours, ZF 1/4 width) | params | ours: train top-1 | val top-1 | val top-5 | Δ val top-1 | "
-            "paper row | paper: train top-1 | val top-1 | val top-5 | Δ val top-1 |")
+    head = ("| change (ours, ZF 1/4 width) | params | ours, error %: train top-1 | val top-1 | val top-5 | Δ val top-1 | "
+            "paper row | paper, error %: train top-1 | val top-1 | val top-5 | Δ val top-1 |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         delta = lambda v: "–" if v is None else f"{v:+.1f}"  # noqa: E731
