@@ -1,6 +1,6 @@
 """Mining and main-job cost against a plain inference pass, in one process on the same data and model.
 
-    python benchmarks/bench_mining.py --images 512 --repeats 2
+    python benchmarks/bench_mining.py [--images N] [--repeats 2]
 
 Prints images/s of (a) a plain pass (decode, normalise, forward to relu5, nothing kept), (b) mining all five layers
 (zf.mining.mine), and the time of (c) the whole ``layer=4`` job (mining, projections of every unit's top 9, patches,
@@ -77,7 +77,7 @@ def memory_child(n: int, batch_size: int, checkpoint: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--images", type=int, default=0, help="images of the val split (0: all 3,925, the main job's data)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
@@ -89,7 +89,7 @@ def main() -> None:
         return memory_child(args._memory_child, args.batch_size, args.checkpoint)
 
     model, name = get_model(args.checkpoint)
-    ds = ImageDataset(default_data_root() / "val", limit=args.images)
+    ds = ImageDataset(default_data_root() / "val", limit=args.images or None)
     print(f"model: {name}; {len(ds)} images of {ds.files.root}; batch {args.batch_size}, {args.workers} workers, "
           f"{torch.get_num_threads()} threads")
     plain_pass(model, ds, args.batch_size, args.workers)  # warm up (page cache, allocator)

@@ -92,7 +92,7 @@ def parts(cfg, device, root: Path, repeat: int = 20):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--images", type=int, default=2048, help="images per epoch (small epochs overweight per-epoch costs)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", type=int, default=128)

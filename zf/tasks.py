@@ -244,10 +244,10 @@ def render_layer(out: Path, model, dataset, normalize, table, layer: str, units:
                     files.append((R.patch_path(out, layer, u, r), patches[i, r]))
                 for path, arr in files:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(arr).save(path)
+                    Image.fromarray(arr).save(path, compress_level=1)  # thousands of small PNGs: favour speed
             up = R.unit_figure_path(out, layer, u, method)
             up.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up)
+            Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
         oi = [units.index(u) for u in overview]
         fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
                                  mode=display_mode)

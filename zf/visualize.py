@@ -72,7 +72,7 @@ def _load(dataset, ids: Sequence[int]) -> torch.Tensor:
 def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
                method: str = "deconvnet", tap: str = "relu", seed: str = "activation", norm: str = "identity",
                normalize: Normalize | None = None, fill: int = 128, device: str | torch.device = "cpu",
-               units_per_chunk: int = 32, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               units_per_chunk: int = 128, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The k patches and k projections of each unit in ``units``.
 
     Args:
