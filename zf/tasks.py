@@ -368,9 +368,10 @@ def dispatch(cfg: DictConfig):
 # Fig. 7 (occlusion), Fig. 5 (invariance), Table 1 / Fig. 8 (correspondence); configs/experiment/<name>.yaml.
 
 
-def _exp_setup(cfg: DictConfig):
-    """The model (eval, on the device), device, class wnids, ``Normalize`` and the val split's root of an
-    experiment.  Fresh weights (``model.checkpoint=null``) get as many classes as the val split has."""
+def _exp_setup(cfg: DictConfig, rel_paths):
+    """The model (eval, on the device), device, class wnids and ``Normalize`` of an experiment, and its images
+    ``rel_paths`` (relative to the val split): uint8 (N, 3, S, S), class indices, and the normalised batch on the
+    device.  Fresh weights (``model.checkpoint=null``) get as many classes as the val split has."""
     device = _device(cfg.device)
     d = cfg.data
     val_root = split_root(cfg, d.get("val_split"))
@@ -380,7 +381,9 @@ def _exp_setup(cfg: DictConfig):
     meta = getattr(model, "meta", {}) or {}
     classes = list(meta.get("classes") or zdata.list_images(val_root).classes)
     mean, std = meta.get("mean", list(d.mean)), meta.get("std", list(d.std))
-    return model, device, classes, zdata.Normalize(mean, std).to(device), val_root
+    normalize = zdata.Normalize(mean, std).to(device)
+    raw, labels = _exp_images(val_root, rel_paths, int(d.size), classes)
+    return model, device, classes, normalize, raw, labels, normalize(raw.to(device))
 
 
 def _exp_images(root: Path, rel_paths, size: int, classes: list[str]) -> tuple[torch.Tensor, list[int]]:
@@ -420,10 +423,8 @@ def occlusion_task(cfg: DictConfig) -> float:
     o, d = cfg.occlusion, cfg.data
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, device, classes, normalize, val_root = _exp_setup(cfg)
+    model, device, classes, normalize, raw, labels, x = _exp_setup(cfg, o.images)
     size = int(d.size)
-    raw, labels = _exp_images(val_root, o.images, size, classes)
-    x = normalize(raw.to(device))
     value = _exp_grey(o.grey, normalize)
     tracker = make_tracker(cfg, "occlusion")
     try:
@@ -445,7 +446,8 @@ def occlusion_task(cfg: DictConfig) -> float:
         if o.others:
             # (c): the same maps in other images = their mined top-k on the val split (cached, shared with the main
             # job when mine_layers and tap are its own)
-            dataset = zdata.ImageDataset(val_root, size=size, resize=d.resize, limit=d.limit, subset_seed=cfg.seed)
+            dataset = zdata.ImageDataset(split_root(cfg, d.get("val_split")), size=size, resize=d.resize,
+                                         limit=d.limit, subset_seed=cfg.seed)
             spec = zdata.transform_spec(size, d.resize, normalize.mean.flatten().div(255).tolist(),
                                         normalize.std.flatten().div(255).tolist())
             tables, _ = mine_cached(model, dataset, list(cfg.mine_layers or []) + [layer], int(cfg.k), cfg.tap,
@@ -514,9 +516,7 @@ def invariance_task(cfg: DictConfig) -> float:
     v = cfg.invariance
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, device, classes, normalize, val_root = _exp_setup(cfg)
-    raw, labels = _exp_images(val_root, v.images, int(cfg.data.size), classes)
-    x = normalize(raw.to(device))
+    model, device, classes, normalize, raw, labels, x = _exp_setup(cfg, v.images)
     layers = [tuple(l) for l in v.layers]
     tracker = make_tracker(cfg, "invariance")
     try:
@@ -576,9 +576,7 @@ def correspondence_task(cfg: DictConfig) -> float:
     c = cfg.correspondence
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, device, classes, normalize, val_root = _exp_setup(cfg)
-    raw, _ = _exp_images(val_root, c.images, int(cfg.data.size), classes)
-    x = normalize(raw.to(device))
+    model, device, classes, normalize, raw, _, x = _exp_setup(cfg, c.images)
     parts = {p: np.asarray(xy, np.float64) for p, xy in plain(c.parts).items()}
     for p, xy in parts.items():
         if xy.shape != (len(c.images), 2):
