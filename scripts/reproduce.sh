@@ -72,4 +72,4 @@ run_step filters experiment=filters
 # 7. figures for REPRODUCTION.md
 say "docs/figures"
 $PY scripts/docs_figures.py
-say "done: fill the TODO(result) marks in REPRODUCTION.md from $OUT"
+say "done: results in $OUT, figures in docs/figures (REPRODUCTION.md quotes them)"
