@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Regenerate every figure and table of REPRODUCTION.md:  bash scripts/reproduce.sh
 # Each step is skipped when its outputs exist (FORCE=1 reruns them all).  Times: 2 CPU cores, nothing else running.
-#   0  shipped model (experiment=default_model, ~2.5 h; skipped when checkpoints/zfnet_imagenette.pt exists)
+#   0  shipped model (experiment=default_model, ~55 min; skipped when checkpoints/zfnet_imagenette.pt exists)
 #   1  Fig. 4 snapshots copied to checkpoints/evolution                                            (seconds)
-#   2  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5 (one cached mining pass)            (~10 min)
-#   3  the experiments on the shipped model (scripts/run.py experiment=...) -> outputs/reproduce/<name>
-#   4  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1                  (~12 min)
-#   5  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~20 min)
+#   2  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5 (one cached mining pass)            (~1.5 min)
+#   3  the experiments on the shipped model (scripts/run.py experiment=...) -> outputs/reproduce/<name> (~6 min)
+#   4  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1, and fig6_paper_scale[_noclip]
+#      (the paper's input scale and SGD)                                                            (~18 min)
+#   5  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~10 min)
 #   6  filters (Fig. 6) and the Table 3 collector, which read the runs of 4 and 5
 #   7  figures copied (downscaled) to docs/figures/
 set -euo pipefail
@@ -55,7 +56,7 @@ run_step invariance experiment=invariance
 run_step correspondence experiment=correspondence
 
 # 4. Fig. 6 reduced-budget training runs (fixed run dirs: outputs/train/<name>)
-for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1; do
+for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1 fig6_paper_scale fig6_paper_scale_noclip; do
   if done_ "outputs/train/$e/history.json"; then say "$e: exists, skipped"
   else say "$e"; $PY scripts/train.py experiment=$e; fi
 done
