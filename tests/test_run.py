@@ -141,6 +141,16 @@ def test_flat_folder_of_odd_images_and_all_methods(tmp_path):
     assert not np.allclose(dec, grad)
 
 
+@pytest.mark.parametrize("model, layer, rf", [("alexnet", "2", 51), ("vgg16", "conv2_1", 10)])
+def test_torchvision_models_run_end_to_end(tmp_path, model, layer, rf):
+    run([f"model={model}", f"layer={layer}", "units=[0,1]", "data.limit=4", "k=2", "data.size=96",
+         f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY[2:]])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (name, info), = summary["layers"].items()
+    assert summary["model"] == model and info["rf"] == rf and info["units"] == 2
+    assert np.load(tmp_path / "layers" / name / "deconvnet.npy").shape == (2, 2, 3, rf, rf)
+
+
 def test_sweep_gives_one_run_directory_per_job(tmp_path):
     run(["-m", "layer=1,2", "data.limit=6", "k=2", "units=[0]", "gallery=false", f"hydra.sweep.dir={tmp_path}",
          f"paths.cache_dir={tmp_path / 'cache'}", *TINY])

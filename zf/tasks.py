@@ -18,8 +18,8 @@ from .tracking import Tracker
 
 
 def plain(cfg) -> dict:
-    """A resolved config as plain Python containers."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    """A resolved config as plain Python containers (plain containers pass through)."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
 def save_figure(fig, path: Path, tracker: Tracker, key: str, dpi: int) -> Path:
