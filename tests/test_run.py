@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,23 @@ def test_patch_pixels_are_the_receptive_field_of_the_source(five_layer_run):
         assert (patch[: -y0] == 128).all()
     if x0 < 0:
         assert (patch[:, : -x0] == 128).all()
+
+
+def test_a_run_re_renders_from_its_arrays(five_layer_run, tmp_path):
+    out, _, _ = five_layer_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
+    d = copy / "layers" / "relu3"
+    shutil.rmtree(d / "deconvnet")
+    shutil.rmtree(d / "units")
+    shutil.rmtree(copy / "figures")
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "render.py"), str(copy)], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (copy / "figures" / "relu3_deconvnet.png").is_file()
+    for f in sorted((out / "layers" / "relu3" / "deconvnet").glob("*.png")):  # the same pictures, byte for byte
+        assert (d / "deconvnet" / f.name).read_bytes() == f.read_bytes()
+    assert len(list((d / "units").glob("*.png"))) == len(list((out / "layers" / "relu3" / "units").glob("*.png")))
 
 
 def test_second_layer_reuses_the_mining_cache(five_layer_run, tmp_path):

@@ -14,7 +14,8 @@
     <run>/layers/<layer>/units/u<unit:04d>_<method>.png      per-unit figure: 3x3 projections beside 3x3 patches
     <run>/figures/<layer>_<method>.png          the Fig. 2 style overview for a subset of units
 
-Everything here is plain numpy / json, so a run can be re-rendered (figures, gallery) without the model.
+Everything here is plain numpy / json, so a run can be re-rendered (``zf.tasks.render_run``, ``scripts/render.py``;
+the gallery with ``scripts/gallery.py``) without the model.
 """
 from __future__ import annotations
 

@@ -216,7 +216,7 @@ def render_layer(out: Path, model, dataset, normalize, table, layer: str, units:
     from PIL import Image
 
     from . import results as R
-    from .visualize import display, overview_figure, unit_image, unit_views
+    from .visualize import unit_views
 
     ldir = R.layer_dir(out, layer)
     ldir.mkdir(parents=True, exist_ok=True)
@@ -233,25 +233,74 @@ def render_layer(out: Path, model, dataset, normalize, table, layer: str, units:
     for method in methods:
         patches, proj = unit_views(model, dataset, table, layer, units, method=method, tap=tap, seed=seed_mode,
                                    norm=norm, normalize=normalize, device=device, progress=progress)
-        np.save(ldir / f"{method}.npy", proj.astype(np.float16))
-        shown = display(proj, display_mode)
-        for i, u in enumerate(units):
+        proj = proj.astype(np.float16)  # what the run keeps, so a re-render (render_run) gives the same pictures
+        np.save(ldir / f"{method}.npy", proj)
+        figs[method] = write_layer_images(out, layer, table, overview, method, patches, proj, display_mode, dpi,
+                                          tracker, with_patches=method == methods[0])
+    return figs
+
+
+def write_layer_images(out: Path, layer: str, table, overview: list[int], method: str, patches, proj,
+                       display_mode: str, dpi: int, tracker: Tracker, with_patches: bool = True) -> Path:
+    """The PNGs of one layer and method (projections, optionally patches, per-unit images) and its overview figure,
+    from arrays: patches uint8 (U, k, s, s, 3), proj (U, k, 3, s, s), units in ``table.units`` order."""
+    from PIL import Image
+
+    from . import results as R
+    from .visualize import display, overview_figure, unit_image
+
+    proj = proj.astype("float32")
+    shown = display(proj, display_mode)
+    units = table.units.tolist()
+    for i, u in enumerate(units):
+        for r in range(table.k):
+            if table.image[i, r] < 0:
+                continue
+            files = [(R.projection_path(out, layer, method, u, r), shown[i, r])]
+            if with_patches:
+                files.append((R.patch_path(out, layer, u, r), patches[i, r]))
+            for path, arr in files:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(path, compress_level=1)  # thousands of small PNGs: favour speed
+        up = R.unit_figure_path(out, layer, u, method)
+        up.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
+    oi = [units.index(u) for u in overview]
+    fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
+                             mode=display_mode)
+    return save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
+
+
+def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int = 110,
+               gallery: bool = True) -> list[Path]:
+    """Re-render a main-job run directory from its saved arrays (``topk.npz``, ``<method>.npy``, patch PNGs): the
+    projection PNGs, per-unit images and overview figures, then the gallery.  No model, no data pass.
+    Returns the overview figures."""
+    import numpy as np
+    from PIL import Image
+
+    from . import results as R
+
+    run = Path(run)
+    summary = R.read_summary(run)
+    figs = []
+    for layer, info in summary["layers"].items():
+        table = R.TopK.load(R.layer_dir(run, layer) / "topk.npz")
+        s = int(table.box[0, 0, 1] - table.box[0, 0, 0])
+        patches = np.zeros((len(table.units), table.k, s, s, 3), np.uint8)
+        for i, u in enumerate(table.units.tolist()):
             for r in range(table.k):
-                if table.image[i, r] < 0:
-                    continue
-                files = [(R.projection_path(out, layer, method, u, r), shown[i, r])]
-                if method == methods[0]:
-                    files.append((R.patch_path(out, layer, u, r), patches[i, r]))
-                for path, arr in files:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(arr).save(path, compress_level=1)  # thousands of small PNGs: favour speed
-            up = R.unit_figure_path(out, layer, u, method)
-            up.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
-        oi = [units.index(u) for u in overview]
-        fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
-                                 mode=display_mode)
-        figs[method] = save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
+                if table.image[i, r] >= 0:
+                    patches[i, r] = np.asarray(Image.open(R.patch_path(run, layer, u, r)).convert("RGB"))
+        overview = info.get("overview_units") or table.units.tolist()[:16]
+        for method in summary["methods"]:
+            proj = np.load(R.layer_dir(run, layer) / f"{method}.npy")
+            figs.append(write_layer_images(run, layer, table, overview, method, patches, proj, display_mode, dpi,
+                                           Tracker(enabled=False), with_patches=False))
+    if gallery:
+        from .gallery import build_gallery
+
+        build_gallery(run)
     return figs
 
 
