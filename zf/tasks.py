@@ -182,15 +182,20 @@ def _write_csv(path: Path, layer: str, table, paths: list[str]) -> None:
                             f"{table.activation[i, r]:.6g}", *map(int, table.box[i, r])])
 
 
+def model_normalize(cfg: DictConfig, model: torch.nn.Module | None = None):
+    """(Normalize, transform spec): the checkpoint's statistics if it has them, else the config's."""
+    meta = getattr(model, "meta", {}) or {}
+    mean, std = meta.get("mean", list(cfg.data.mean)), meta.get("std", list(cfg.data.std))
+    return zdata.Normalize(mean, std), zdata.transform_spec(int(cfg.data.size), cfg.data.resize, mean, std)
+
+
 def load_split(cfg: DictConfig, model: torch.nn.Module):
     """The data set a run mines, its normalisation (the checkpoint's own, else the config's) and transform spec."""
-    meta = getattr(model, "meta", {}) or {}
     d = cfg.data
-    mean, std = meta.get("mean", list(d.mean)), meta.get("std", list(d.std))
     split = d.get(f"{cfg.split}_split") if cfg.get("split") else None
     root = split_root(cfg, split) if split and (Path(d.root) / split).is_dir() else Path(d.root)
     dataset = zdata.ImageDataset(root, size=int(d.size), resize=d.resize, limit=d.limit, subset_seed=cfg.seed)
-    return dataset, zdata.Normalize(mean, std), zdata.transform_spec(int(d.size), d.resize, mean, std)
+    return (dataset, *model_normalize(cfg, model))
 
 
 def _units(cfg: DictConfig, all_units: list[int], layer: str) -> tuple[list[int], list[int]]:
@@ -429,8 +434,7 @@ def _exp_setup(cfg: DictConfig, rel_paths):
     model = model_from_cfg(cfg, num_classes=n_classes).eval().to(device)
     meta = getattr(model, "meta", {}) or {}
     classes = list(meta.get("classes") or zdata.list_images(val_root).classes)
-    mean, std = meta.get("mean", list(d.mean)), meta.get("std", list(d.std))
-    normalize = zdata.Normalize(mean, std).to(device)
+    normalize = model_normalize(cfg, model)[0].to(device)
     raw, labels = _exp_images(val_root, rel_paths, int(d.size), classes)
     return model, device, classes, normalize, raw, labels, normalize(raw.to(device))
 
@@ -497,8 +501,7 @@ def occlusion_task(cfg: DictConfig) -> float:
             # job when mine_layers and tap are its own)
             dataset = zdata.ImageDataset(split_root(cfg, d.get("val_split")), size=size, resize=d.resize,
                                          limit=d.limit, subset_seed=cfg.seed)
-            spec = zdata.transform_spec(size, d.resize, normalize.mean.flatten().div(255).tolist(),
-                                        normalize.std.flatten().div(255).tolist())
+            spec = model_normalize(cfg, model)[1]
             tables, _ = mine_cached(model, dataset, list(cfg.mine_layers or []) + [layer], int(cfg.k), cfg.tap,
                                     Path(cfg.paths.cache_dir), spec, int(cfg.batch_size), int(cfg.num_workers),
                                     device, normalize, progress=cfg.progress)
@@ -669,13 +672,6 @@ def correspondence_task(cfg: DictConfig) -> float:
 # gradient (methods).  Library code in zf/experiments/<name>.py; configs in configs/experiment/<name>.yaml.
 
 
-def _xp_normalize(cfg: DictConfig, model: torch.nn.Module | None = None):
-    """(Normalize, transform spec): the checkpoint's statistics if it has them, else the config's."""
-    meta = getattr(model, "meta", {}) or {}
-    mean, std = meta.get("mean", list(cfg.data.mean)), meta.get("std", list(cfg.data.std))
-    return zdata.Normalize(mean, std), zdata.transform_spec(int(cfg.data.size), cfg.data.resize, mean, std)
-
-
 def _xp_dataset(cfg: DictConfig, split: str, limit: int | None) -> "zdata.ImageDataset":
     """A seeded subset of ``limit`` images (``None``: all) of the data's ``split`` (train | val) at ``data.size``."""
     d = cfg.data
@@ -717,7 +713,7 @@ def evolution_task(cfg: DictConfig) -> float:
     found = ev.find_snapshots(e.snapshots, list(e.epochs) if e.get("epochs") is not None else None)
     snaps = [ev.load_snapshot(p) for _, p in found]
     snaps = [(epoch, m.to(device)) for epoch, m in snaps]
-    normalize, transform = _xp_normalize(cfg)
+    normalize, transform = model_normalize(cfg)
     dataset = _xp_dataset(cfg, e.split, e.images)
     units = {k: list(v) for k, v in plain(e.units).items()} if e.get("units") else None
     tracker = make_tracker(cfg, "evolution")
@@ -816,7 +812,7 @@ def filters_task(cfg: DictConfig) -> float:
             figs["clipping"] = save_figure(fig, out / "figures" / "fig6_clipping.png", tracker, "clipping", dpi)
         pair = [k for k in ("alexnet", "zf_small") if k in models]
         if pair:
-            normalize, transform = _xp_normalize(cfg)
+            normalize, transform = model_normalize(cfg)
             dataset = _xp_dataset(cfg, f.split, f.images)
             miner = _xp_miner(cfg, transform, normalize, device)
             panels = {}
@@ -874,7 +870,7 @@ def probe_task(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     model = model_from_cfg(cfg).eval().to(device)
-    normalize, transform = _xp_normalize(cfg, model)
+    normalize, transform = model_normalize(cfg, model)
     train_ds, val_ds = _xp_dataset(cfg, "train", p.train_images), _xp_dataset(cfg, "val", p.val_images)
     tracker = make_tracker(cfg, "probe")
     try:
@@ -919,7 +915,7 @@ def methods_task(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     model = model_from_cfg(cfg).eval().to(device)
-    normalize, transform = _xp_normalize(cfg, model)
+    normalize, transform = model_normalize(cfg, model)
     dataset = _xp_dataset(cfg, cfg.split if cfg.data.get(f"{cfg.split}_split") else "val", cfg.data.limit)
     target = resolve_layer(model, cfg.layer, cfg.tap)
     tracker = make_tracker(cfg, "methods")
