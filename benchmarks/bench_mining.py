@@ -54,8 +54,7 @@ def mining_pass(model, dataset, batch_size: int, workers: int) -> float:
 
 
 def whole_job(model, dataset, batch_size: int, workers: int) -> float:
-    from zf.tasks import render_layer
-    from zf.tracking import Tracker
+    from zf.render import render_layer
 
     t = time.perf_counter()
     tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9, batch_size=batch_size, num_workers=workers,
@@ -63,8 +62,7 @@ def whole_job(model, dataset, batch_size: int, workers: int) -> float:
     table = tables["relu4"]
     units = table.units.tolist()
     with tempfile.TemporaryDirectory() as d:
-        render_layer(Path(d), model, dataset, Normalize(), table, "relu4", units, units[:16], ["deconvnet"], "relu",
-                     "activation", "identity", "symmetric", "cpu", 110, Tracker(enabled=False), progress=False)
+        render_layer(Path(d), model, dataset, Normalize(), table, "relu4", units[:16], ["deconvnet"], progress=False)
     return time.perf_counter() - t
 
 

@@ -10,9 +10,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="run")
 def main(cfg):
-    from zf.tasks import dispatch
+    from zf.tasks import cli, dispatch
 
-    return dispatch(cfg)
+    return cli(dispatch, cfg)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The layout of a main-job run directory, written by ``zf.tasks.run_task`` and read by the figures and the gallery.
+"""The layout of a main-job run directory, written by ``zf.job.topk_job`` and read by the figures and the gallery;
+the top-k table (``TopK``) and the writers every run uses (``write_csv``, ``save_figure``).
 
     <run>/summary.json                          model, data, transform, methods, k, layers, skipped images, date
     <run>/images.json                           source path of every image id used in a table
@@ -14,15 +15,17 @@
     <run>/layers/<layer>/units/u<unit:04d>_<method>.png      per-unit figure: 3x3 projections beside 3x3 patches
     <run>/figures/<layer>_<method>.png          the Fig. 2 style overview for a subset of units
 
-Everything here is plain numpy / json, so a run can be re-rendered (``zf.tasks.render_run``, ``scripts/render.py``;
+Everything here is plain numpy / json, so a run can be re-rendered (``zf.render.render_run``, ``scripts/render.py``;
 the gallery with ``scripts/gallery.py``) without the model.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -54,6 +57,30 @@ class TopK:
         with np.load(path) as z:
             return cls(**{f: z[f] for f in TOPK_FIELDS})
 
+    def select(self, units: Sequence[int], ranks: int | None = None) -> "TopK":
+        """The rows of ``units`` (channel numbers, in that order), optionally only the first ``ranks`` ranks."""
+        pos = {int(u): i for i, u in enumerate(self.units)}
+        idx = np.array([pos[int(u)] for u in units], dtype=np.int64)
+        sub = {f: getattr(self, f)[idx] for f in TOPK_FIELDS}
+        if ranks is not None:
+            sub = {f: v if f == "units" else v[:, :ranks] for f, v in sub.items()}
+        return TopK(**sub)
+
+    @property
+    def dead(self) -> list[int]:
+        """Units that never fire on the mined data (top-1 activation not > 0): their "top k" are ties at zero,
+        broken by image index, and show nothing about the unit."""
+        return [int(u) for u, a in zip(self.units, self.activation[:, 0]) if not a > 0]
+
+    def choose_units(self, n: int, seed: int = 0) -> list[int]:
+        """``n`` units picked at random (seeded) among those that fire (dead units have nothing to show), sorted;
+        falls back to any unit when fewer than ``n`` fire."""
+        act = np.nan_to_num(self.activation[:, 0], nan=0.0)
+        alive = self.units[act > 0]
+        pool = alive if len(alive) >= n else self.units
+        rng = np.random.default_rng(seed)
+        return sorted(int(u) for u in rng.choice(pool, size=min(n, len(pool)), replace=False))
+
 
 def layer_dir(run: str | os.PathLike, layer: str) -> Path:
     return Path(run) / "layers" / layer
@@ -84,3 +111,33 @@ def read_summary(run: str | os.PathLike) -> dict:
 
 def read_image_paths(run: str | os.PathLike) -> list[str]:
     return json.loads((Path(run) / "images.json").read_text())
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence, columns: Sequence[str] | None = None) -> Path:
+    """A CSV file of ``rows``: dicts (``columns`` default to the first row's keys; extra keys are left out) or
+    lists (``columns`` is the header)."""
+    path = Path(path)
+    rows = list(rows)
+    with open(path, "w", newline="") as f:
+        if not rows or isinstance(rows[0], dict):
+            w = csv.DictWriter(f, fieldnames=list(columns or (rows[0].keys() if rows else [])), extrasaction="ignore")
+            w.writeheader()
+        else:
+            w = csv.writer(f)
+            if columns:
+                w.writerow(list(columns))
+        w.writerows(rows)
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike, tracker=None, key: str | None = None, dpi: int = 110) -> Path:
+    """Save a matplotlib figure, close it, and log it to W&B as ``key`` when a tracker is given."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    if tracker is not None:
+        tracker.image(key or path.stem, str(path))
+    return path

@@ -312,3 +312,43 @@ def export_checkpoint(last: str | os.PathLike, path: str | os.PathLike, half: bo
     save_atomic(out, path)
     return path
 
+
+
+def fit_task(model: nn.Module, train_set, val_set, out_dir: str | os.PathLike, cfg: TrainConfig, size: int,
+             meta: dict | None = None, tracker: Tracker | None = None, resume: bool = True, config: dict | None = None,
+             augment: str = "random_crop", crop_scale=(0.35, 1.0), flip: bool = True, preload: bool = True,
+             export: str | os.PathLike | None = None, rank: int = 0) -> float:
+    """A whole training run as ``scripts/train.py`` does it: decode the sets into memory (``preload``), augment
+    batches to ``size`` (``zf.data.BatchAugment``), ``fit``, then write ``history.json``, ``curves.png``, the
+    exported weights (``export``) and ``skipped.txt`` (unreadable images).  Returns the best val top-1 accuracy."""
+    import json
+
+    from .data import BatchAugment, TensorImages
+    from .data import preload as decode
+
+    out_dir = Path(out_dir)
+    base = train_set
+    if preload:
+        train_set = TensorImages(*decode(train_set, progress=rank == 0 and cfg.progress))
+        if val_set is not None:
+            val_set = TensorImages(*decode(val_set, progress=rank == 0 and cfg.progress))
+    history = fit(model, train_set, val_set, out_dir, cfg, meta=meta, tracker=tracker, resume=resume,
+                  config_to_save=config, augment=BatchAugment(size, augment, crop_scale, flip))
+    best = max((h.get("val_top1", 0.0) for h in history), default=0.0)
+    if rank != 0:
+        return best
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    from .plotting import training_curves
+
+    fig, _ = training_curves(history)
+    fig.savefig(out_dir / "curves.png", dpi=100)
+    if tracker is not None:
+        tracker.image("curves", fig)
+    if export:
+        print(f"exported {export_checkpoint(out_dir / 'checkpoints' / 'last.pt', export)}")
+    skipped = getattr(base, "skipped", [])
+    if skipped:
+        (out_dir / "skipped.txt").write_text("\n".join(skipped) + "\n")
+        print(f"{len(skipped)} unreadable images skipped, listed in {out_dir / 'skipped.txt'}")
+    print(f"best val top-1 {best:.4f}; run directory {out_dir}")
+    return best

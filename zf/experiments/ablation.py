@@ -192,3 +192,23 @@ def ablation_figure(rows: Sequence[dict]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig, ax
+
+
+def run(sweep_dir: str | os.PathLike, out, dpi: int = 110, tracker=None) -> float:
+    """Table 3 from the ablation sweep under ``sweep_dir``: ``ablation_table.csv/.md/.json`` and
+    ``figures/ablation.png`` under ``out``.  Returns the baseline's val top-1 error (NaN when it is missing)."""
+    from ..results import save_figure, write_csv
+
+    out = Path(out)
+    rows = collect(sweep_dir)
+    write_csv(out / "ablation_table.csv", rows, COLUMNS)
+    md = to_markdown(rows)
+    (out / "ablation_table.md").write_text(md)
+    (out / "ablation_table.json").write_text(json.dumps(rows, indent=1))
+    fig, _ = ablation_figure(rows)
+    save_figure(fig, out / "figures" / "ablation.png", tracker, "ablation", dpi)
+    if tracker is not None:
+        tracker.table("table3", list(COLUMNS), [[r.get(c) for c in COLUMNS] for r in rows])
+    print(md)
+    base = next((r for r in rows if r["name"] == BASELINE), None)
+    return float(base["val_top1_err"]) if base and base["val_top1_err"] is not None else float("nan")

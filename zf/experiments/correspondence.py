@@ -171,3 +171,46 @@ def correspondence_figure(images: Sequence[np.ndarray], centres: Mapping[str, np
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
     return fig, axes
+
+
+def run(model: nn.Module, x: torch.Tensor, raw: torch.Tensor, paths: Sequence[str], parts: Mapping[str, Sequence],
+        out, *, size: int = 28, layers: Sequence[tuple] = ((5, "output"), ("fc7", "relu")), n_random: int = 50,
+        jitter: int = 2, seed: int = 0, value: float | Sequence[float] = 0.0, batch_size: int = 64,
+        dpi: int = 110, tracker=None) -> float:
+    """Table 1 and Fig. 8 for normalised images ``x`` (raw uint8 ``raw`` for the figure) and hand-marked ``parts``
+    ({part: one (x, y) per image}); writes ``table1.csv/.md/.json`` and ``figures/correspondence.png`` under
+    ``out``.  Returns the random control's Delta at the last layer minus the mean of the parts' (> 0: the parts
+    correspond better than chance)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..results import save_figure, write_csv
+
+    out = Path(out)
+    parts = {p: np.asarray(xy, np.float64) for p, xy in parts.items()}
+    for p, xy in parts.items():
+        if xy.shape != (len(paths), 2):
+            raise ConfigError(f"correspondence.parts.{p}: one (x, y) per image ({len(paths)}), got {xy.shape}")
+    res = correspondence(model, x, parts, size=size, layers=layers, n_random=n_random, jitter=jitter, seed=seed,
+                         value=value, batch_size=batch_size)
+    rows = table_rows(res)
+    write_csv(out / "table1.csv", rows)
+    md = table_markdown(res)
+    (out / "table1.md").write_text(md)
+    (out / "table1.json").write_text(json.dumps({
+        "layers": res["layers"], "size": int(size), "jitter": int(jitter), "n_random": int(n_random),
+        "images": [str(p) for p in paths], "rows": rows,
+        "values": {p: {n: {"values": r[n]["values"].tolist(), "pairs": r[n]["pairs"].tolist()}
+                       for n in res["layers"]} for p, r in res["rows"].items()},
+        "random_centres": res["random_centres"].tolist()}, indent=1))
+    fig, _ = correspondence_figure([im.permute(1, 2, 0).numpy() for im in raw], res["centres"], size,
+                                   res["random_centres"])
+    save_figure(fig, out / "figures" / "correspondence.png", tracker, "correspondence/figure", dpi)
+    if tracker is not None:
+        tracker.table("table1", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.artifact("correspondence", "table", [out / "table1.csv", out / "table1.json", out / "table1.md"])
+    print(md)
+    last = res["layers"][-1]
+    parts_mean = float(np.mean([res["rows"][p][last]["mean"] for p in parts]))
+    return float(res["rows"]["random"][last]["mean"] - parts_mean)

@@ -26,7 +26,7 @@ from torch import nn
 from ..data import Normalize
 from ..layers import resolve_layer
 from ..models import zfnet
-from ..results import TOPK_FIELDS, TopK
+from ..results import TopK
 
 SNAPSHOT = re.compile(r"features_epoch(\d+)\.pt$")
 
@@ -59,23 +59,6 @@ def load_snapshot(path: str | os.PathLike) -> tuple[int, nn.Module]:
     return int(obj.get("epoch", -1)), model.eval()
 
 
-def select(table: TopK, units: Sequence[int]) -> TopK:
-    """The rows of ``table`` for ``units`` (channel numbers)."""
-    pos = {int(u): i for i, u in enumerate(table.units)}
-    idx = np.array([pos[int(u)] for u in units], dtype=np.int64)
-    return TopK(**{f: getattr(table, f)[idx] for f in TOPK_FIELDS})
-
-
-def choose_units(table: TopK, n: int, seed: int = 0) -> list[int]:
-    """``n`` units picked at random (seeded) among those that fire at all in ``table`` (top-1 activation > 0): a
-    dead unit has nothing to project.  Falls back to any unit when fewer than ``n`` fire."""
-    act = np.nan_to_num(table.activation[:, 0], nan=0.0)
-    alive = table.units[act > 0]
-    pool = alive if len(alive) >= n else table.units
-    rng = np.random.default_rng(seed)
-    return sorted(int(u) for u in rng.choice(pool, size=min(n, len(pool)), replace=False))
-
-
 def top1_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int], method: str = "deconvnet",
                normalize: Normalize | None = None, device: str | torch.device = "cpu",
                tap: str = "relu") -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +67,7 @@ def top1_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
     Returns patches uint8 (U, s, s, 3) and projections float32 (U, 3, s, s), s = the layer's receptive field."""
     from ..visualize import unit_views
 
-    sub = select(table, units)
-    sub = TopK(**{f: (getattr(sub, f)[:, :1] if f != "units" else sub.units) for f in TOPK_FIELDS})
+    sub = table.select(units, ranks=1)
     patches, proj = unit_views(model, dataset, sub, layer, list(units), method=method, tap=tap, normalize=normalize,
                                device=device)
     return patches[:, 0], proj[:, 0]
@@ -108,7 +90,7 @@ def evolution(snapshots: Sequence[tuple[int, nn.Module]], dataset, layers: Seque
         snapshots: ``(epoch, model)`` pairs, in the order of the figure's columns.
         dataset: items ``(uint8 (3, H, W), label, index)`` (``zf.data.ImageDataset``).
         layers: the paper's integers or layer names (tap ``relu``).
-        n_units: units per layer, chosen by ``choose_units`` on the *last* snapshot (units that end up alive).
+        n_units: units per layer, chosen by ``TopK.choose_units`` on the *last* snapshot (units that end up alive).
         units: ``{layer: [unit, ...]}`` to fix the units instead (layer as given in ``layers``).
         mine_fn: ``(model, dataset, layer_names) -> {name: TopK}`` with k >= 1 (default: ``zf.mining.mine``, k=1);
             the task passes a cached miner.
@@ -124,13 +106,13 @@ def evolution(snapshots: Sequence[tuple[int, nn.Module]], dataset, layers: Seque
     names = [resolve_layer(first, l, "relu").name for l in layers]
     given = {resolve_layer(first, l, "relu").name: list(v) for l, v in (units or {}).items()}
     tables = [mine_fn(m, dataset, names) for _, m in snapshots]
-    chosen = {n: given.get(n) or choose_units(tables[-1][n], n_units, seed + i) for i, n in enumerate(names)}
+    chosen = {n: given.get(n) or tables[-1][n].choose_units(n_units, seed + i) for i, n in enumerate(names)}
     res = {"epochs": [int(e) for e, _ in snapshots], "layers": names, "units": chosen, "projections": {},
            "patches": {}, "activation": {}, "image": {}, "y": {}, "x": {}}
     for n in names:
         projs, pats, acts, imgs, ys, xs = [], [], [], [], [], []
         for (_, model), tabs in zip(snapshots, tables):
-            sub = select(tabs[n], chosen[n])
+            sub = tabs[n].select(chosen[n])
             pat, proj = top1_views(model, dataset, tabs[n], n, chosen[n], method=method, normalize=normalize,
                                    device=device)
             projs.append(proj)
@@ -189,3 +171,39 @@ def rows_table(res: dict, paths: Sequence[str] | None = None) -> list[dict]:
                             "path": (paths[g] if paths is not None and g >= 0 else ""),
                             "y": int(res["y"][n][i, e]), "x": int(res["x"][n][i, e])})
     return out
+
+
+def run(snapshots: Sequence[tuple[int, nn.Module]], snapshot_paths: Sequence[str], dataset, out, *,
+        layers: Sequence = (1, 2, 3, 4, 5), n_units: int = 3, units: dict | None = None, seed: int = 0,
+        method: str = "deconvnet", normalize: Normalize | None = None, transform: dict | None = None,
+        device: str | torch.device = "cpu", mine_fn: Callable | None = None, split: str = "val", dpi: int = 110,
+        tracker=None) -> float:
+    """Fig. 4: ``evolution`` over ``snapshots``, written as ``evolution.npz/.csv``, ``summary.json`` and
+    ``figures/evolution.png`` under ``out``.  Returns the mean top-1 activation at the last snapshot."""
+    import json
+
+    from ..results import save_figure, write_csv
+
+    out = Path(out)
+    res = evolution(snapshots, dataset, layers=layers, n_units=n_units, units=units, seed=seed, method=method,
+                    normalize=normalize, device=device, mine_fn=mine_fn)
+    arrays = {"epochs": np.array(res["epochs"])}
+    for n in res["layers"]:
+        arrays[f"{n}_units"] = np.array(res["units"][n])
+        arrays[f"{n}_projections"] = res["projections"][n].astype(np.float16)
+        for key in ("patches", "activation", "image", "y", "x"):
+            arrays[f"{n}_{key}"] = res[key][n]
+    np.savez_compressed(out / "evolution.npz", **arrays)
+    write_csv(out / "evolution.csv", rows_table(res, [str(dataset.path(i)) for i in range(len(dataset))]))
+    last = float(np.nanmean([np.nanmean(res["activation"][n][:, -1]) for n in res["layers"]]))
+    summary = {"epochs": res["epochs"], "snapshots": [str(p) for p in snapshot_paths], "layers": res["layers"],
+               "units": res["units"], "images": len(dataset), "split": split, "method": method,
+               "transform": transform, "mean_last_top1_activation": last}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    fig, _ = evolution_figure(res)
+    path = save_figure(fig, out / "figures" / "evolution.png", tracker, "evolution", dpi)
+    if tracker is not None:
+        tracker.summary({"mean_last_top1_activation": last})
+        tracker.artifact("evolution", "results", [out / "evolution.npz", out / "evolution.csv", out / "summary.json"])
+    print(f"evolution: {len(res['epochs'])} snapshots x {sum(map(len, res['units'].values()))} units; {path}")
+    return last

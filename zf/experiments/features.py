@@ -47,3 +47,45 @@ def forward_taps(model: nn.Module, x: torch.Tensor, specs: Sequence[tuple], flat
     if flatten:
         feats = {n: v.flatten(1) for n, v in feats.items()}
     return feats, torch.cat(logits)
+
+
+def load_images(root, rel_paths: Sequence[str], size: int, classes: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+    """uint8 (N, 3, size, size) of ``root / rel`` for each relative path, and each image's class index (its folder
+    in ``classes``; -1, with a warning naming the image, when the folder is not a class: experiments then report
+    p(true class) as NaN rather than reading another class)."""
+    import warnings
+    from pathlib import Path
+
+    from ..data import read_image, resize_crop
+    from ..errors import DataError
+
+    imgs, labels = [], []
+    for rel in rel_paths:
+        p = Path(root) / str(rel)
+        img = read_image(p, size)
+        if img is None:
+            raise DataError(f"{p}: missing or unreadable (experiment image paths are relative to {root})")
+        imgs.append(resize_crop(img, size))
+        if p.parent.name in classes:
+            labels.append(list(classes).index(p.parent.name))
+        else:
+            warnings.warn(f"{p}: its folder {p.parent.name!r} is not one of the model's classes; p(true class) is "
+                          "reported as NaN for it", stacklevel=2)
+            labels.append(-1)
+    return torch.stack(imgs), labels
+
+
+def grey_fill(grey, normalize) -> float | list[float]:
+    """An occluder's fill in normalised units: ``"mean"`` (the data mean: 0) or a grey level 0..255 (one value per
+    channel).  ``normalize`` (a ``zf.data.Normalize``) is read, never moved."""
+    if str(grey) == "mean":
+        return 0.0
+    mean, std = normalize.mean.detach().cpu().flatten(), normalize.std.detach().cpu().flatten()
+    return ((float(grey) - mean) / std).tolist()
+
+
+def p_of(probs: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """``probs[i, labels[i]]`` for each row, NaN where the label is unknown (-1)."""
+    lab = torch.as_tensor(list(labels), dtype=torch.long, device=probs.device)
+    out = probs.gather(1, lab.clamp(min=0)[:, None])[:, 0]
+    return torch.where(lab >= 0, out, torch.full_like(out, float("nan")))

@@ -116,10 +116,99 @@ def layer2_views(model: nn.Module, dataset, n_units: int = 16, seed: int = 0, no
     """The strongest activation over ``dataset`` of ``n_units`` layer-2 units (alive ones, seeded choice) and its
     projection.  Returns (units, patches uint8 (U, s, s, 3), projections float (U, 3, s, s))."""
     from ..layers import resolve_layer
-    from .evolution import choose_units, default_mine, top1_views
+    from .evolution import default_mine, top1_views
 
     name = resolve_layer(model, 2, "relu").name
     tables = (mine_fn or (lambda m, d, ls: default_mine(m, d, ls, normalize, device)))(model, dataset, [name])
-    units = list(units) if units is not None else choose_units(tables[name], n_units, seed)
+    units = list(units) if units is not None else tables[name].choose_units(n_units, seed)
     patches, proj = top1_views(model, dataset, tables[name], name, units, normalize=normalize, device=device)
     return units, patches, proj
+
+
+#: the command that makes each Fig. 6 checkpoint (named in the error when it is missing)
+FIG6_COMMANDS = {"default": "python scripts/train.py experiment=default_model",
+                 "zf_small": "python scripts/train.py experiment=fig6_zf_small",
+                 "noclip": "python scripts/train.py experiment=fig6_noclip",
+                 "alexnet": "python scripts/train.py experiment=fig6_alexnet_conv1"}
+#: each panel's title
+FIG6_NAMES = {"default": "shipped model (clipping)", "zf_small": "ZF 7x7/2, clipping",
+              "noclip": "ZF 7x7/2, no clipping", "alexnet": "AlexNet-style 11x11/4, clipping"}
+
+
+def load_fig6(key: str, path) -> tuple[nn.Module, dict]:
+    """(model, info) for the Fig. 6 panel ``key`` (``FIG6_COMMANDS``) from a training checkpoint (``"default"``: the
+    shipped one); a missing file raises a ``zf.errors.CheckpointError`` naming the command that writes it."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError
+    from ..models import DEFAULT_CHECKPOINT, load_zfnet
+
+    file = DEFAULT_CHECKPOINT if str(path) == "default" else Path(str(path))
+    if not file.is_file():
+        raise CheckpointError(f"filters.{key}: checkpoint {file} does not exist. Make it with `{FIG6_COMMANDS[key]}` "
+                              f"(or point filters.{key}=... elsewhere, or set filters.{key}=null to skip it).")
+    model = load_zfnet(file)
+    blob = torch.load(file, map_location="cpu", weights_only=True)
+    hist = blob.get("history", []) if isinstance(blob, dict) else []
+    info = {"checkpoint": str(file), "epoch": blob.get("epoch") if isinstance(blob, dict) else None,
+            "arch": getattr(model, "arch", {}),
+            "clipped_filters": int(sum(h.get("clipped_filters", 0) for h in hist)) if hist else None,
+            "val_top1": next((h["val_top1"] for h in reversed(hist) if "val_top1" in h), None)}
+    return model, info
+
+
+def run(checkpoints: dict, out, *, dataset=None, layer2_units: int = 16, seed: int = 0, normalize=None,
+        mine_fn=None, device="cpu", dpi: int = 110, tracker=None) -> float:
+    """Fig. 6 from ``checkpoints`` ({panel key of ``FIG6_COMMANDS``: path or "default"}; missing keys are
+    skipped): ``filters.csv``, ``summary.json`` and the figures under ``out``; the AlexNet-vs-ZF panel also
+    projects layer-2 units over ``dataset``.  Returns the no-clipping model's top filter energy share (NaN without
+    it)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..results import save_figure, write_csv
+
+    out = Path(out)
+    models, infos = {}, {}
+    for key in FIG6_COMMANDS:
+        if checkpoints.get(key) is not None:
+            models[key], infos[key] = load_fig6(key, checkpoints[key])
+    if not models:
+        raise ConfigError("filters: every checkpoint (filters.default/zf_small/noclip/alexnet) is null")
+    rows, figs = [], {}
+    for key, m in models.items():
+        s = filter_stats(conv1_weight(m))
+        infos[key]["stats"] = s
+        rows.append({"model": key, "description": FIG6_NAMES[key], "filters": s["n"],
+                     "kernel": int(conv1_weight(m).shape[-1]), "top_energy_share": s["top_energy_share"],
+                     "rms_max_over_median": s["rms_max_over_median"], "dead_fraction": s["dead_fraction"],
+                     **{f"band_{b}": v for b, v in s["band_energy"].items()},
+                     "clipped_filters": infos[key]["clipped_filters"], "val_top1": infos[key]["val_top1"]})
+    write_csv(out / "filters.csv", rows)
+    if "default" in models:
+        fig, _ = filters_figure({FIG6_NAMES["default"]: conv1_weight(models["default"])},
+                                title="Fig. 6(a)-(c) style: layer-1 filters")
+        figs["default"] = save_figure(fig, out / "figures" / "fig6_default_filters.png", tracker, "default", dpi)
+    clip = {FIG6_NAMES[k]: conv1_weight(models[k]) for k in ("noclip", "zf_small") if k in models}
+    if clip:
+        fig, _ = filters_figure(clip, title="Fig. 6(a): without vs with feature scale clipping")
+        figs["clipping"] = save_figure(fig, out / "figures" / "fig6_clipping.png", tracker, "clipping", dpi)
+    pair = [k for k in ("alexnet", "zf_small") if k in models]
+    if pair and dataset is not None:
+        panels = {}
+        for k in pair:
+            m = models[k].to(device)
+            units, _, proj = layer2_views(m, dataset, layer2_units, seed, normalize, device, mine_fn=mine_fn)
+            infos[k]["layer2_units"] = units
+            panels[FIG6_NAMES[k]] = (conv1_weight(m), proj)
+        fig, _ = comparison_figure(panels, title="Fig. 6(b)-(e): first layer and layer-2 projections")
+        figs["alexnet_vs_zf"] = save_figure(fig, out / "figures" / "fig6_alexnet_vs_zf.png", tracker,
+                                            "alexnet_vs_zf", dpi)
+    (out / "summary.json").write_text(json.dumps({"models": infos, "figures": {k: str(v) for k, v in figs.items()}},
+                                                 indent=1, default=str))
+    if tracker is not None:
+        tracker.table("filters", list(rows[0]), [list(r.values()) for r in rows])
+    for k, v in figs.items():
+        print(f"  figure ({k}): {v}")
+    return float(infos["noclip"]["stats"]["top_energy_share"]) if "noclip" in infos else float("nan")

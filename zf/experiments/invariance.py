@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import forward_taps, tap_names
+from .features import forward_taps, p_of, tap_names
 
 KINDS = ("translate", "scale", "rotate")
 
@@ -101,15 +101,15 @@ def invariance(model: nn.Module, images: torch.Tensor, labels: Sequence[int], ki
     n, v = len(images), len(amounts)
     dist = {nm: np.zeros((n, v), np.float32) for nm in names}
     p_true = np.zeros((n, v), np.float32)
-    lab = torch.as_tensor(list(labels), dtype=torch.long)
+    lab = list(labels)
     for i in range(n):
         batch = torch.stack([transform(images[i], kind, a, fill) for a in amounts])
         feats, logits = forward_taps(model, batch, layers, batch_size=batch_size)
         for nm in names:
             dist[nm][i] = (feats[nm] - base[nm][i:i + 1]).norm(dim=1).cpu().numpy()
-        p_true[i] = torch.softmax(logits, 1)[:, lab[i]].cpu().numpy()
+        p_true[i] = p_of(torch.softmax(logits, 1), [lab[i]] * len(batch)).cpu().numpy()
     return {"amounts": np.asarray(amounts, np.float32), "distance": dist, "p_true": p_true, "layers": names,
-            "p_true_original": torch.softmax(base_logits, 1)[torch.arange(n), lab].cpu().numpy()}
+            "p_true_original": p_of(torch.softmax(base_logits, 1), lab).cpu().numpy()}
 
 
 def invariance_figure(results: dict, names: Sequence[str], cell: float = 3.0):
@@ -140,3 +140,63 @@ def invariance_figure(results: dict, names: Sequence[str], cell: float = 3.0):
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     return fig, axes
+
+
+def amounts(spec: Sequence[float]) -> np.ndarray:
+    """``[start, stop, step]`` -> start..stop inclusive."""
+    a, b, s = (float(v) for v in spec)
+    return np.linspace(a, b, int(round((b - a) / s)) + 1)
+
+
+def run(model: nn.Module, x: torch.Tensor, labels: Sequence[int], paths: Sequence[str], classes: Sequence[str],
+        out, specs: dict, layers: Sequence[tuple], batch_size: int = 64, dpi: int = 110, tracker=None) -> float:
+    """Fig. 5 for normalised images ``x`` (N, 3, H, W): for each ``specs[kind] = [start, stop, step]`` (kinds of
+    ``KINDS``; missing or None ones are skipped), distances at ``layers`` and p(true class); writes
+    ``invariance.npz/.csv/.json`` and ``figures/invariance.png`` under ``out``.  Returns the mean p(true) over all
+    transforms (NaN when no image has a known class)."""
+    import json
+    from pathlib import Path
+
+    from ..results import save_figure, write_csv
+    from .classes import readable
+
+    out = Path(out)
+    results = {}
+    for kind in KINDS:
+        if specs.get(kind) is not None:
+            print(f"invariance: {kind}")
+            results[kind] = invariance(model, x, labels, kind, amounts(specs[kind]), layers=layers,
+                                       batch_size=batch_size)
+    label_names = [classes[l] if l >= 0 else None for l in labels]
+    names = [f"{Path(str(p)).stem[-8:]} ({n})" for p, n in
+             zip(paths, readable([c or "unknown" for c in label_names]))]
+    arrays = {f"{k}_{f}": r[f] for k, r in results.items() for f in ("amounts", "p_true")}
+    arrays.update({f"{k}_distance_{nm}": d for k, r in results.items() for nm, d in r["distance"].items()})
+    np.savez(out / "invariance.npz", **arrays)
+    lnames = next(iter(results.values()))["layers"]
+    rows = [[k, f"{a:g}", str(rel), label_names[i]] + [f"{r['distance'][n][i, j]:.6g}" for n in lnames]
+            + [f"{r['p_true'][i, j]:.6g}"]
+            for k, r in results.items() for i, rel in enumerate(paths) for j, a in enumerate(r["amounts"])]
+    write_csv(out / "invariance.csv", rows, ["transform", "amount", "image", "label"]
+              + [f"distance_{n}" for n in lnames] + ["p_true"])
+    summary = {"images": [str(p) for p in paths], "labels": label_names, "layers": lnames,
+               "taps": [list(map(str, l)) for l in layers], "fill": "data mean (0 after normalisation)",
+               "transforms": {k: {"amounts": r["amounts"].tolist(), "mean_p_true": float(np.nanmean(r["p_true"]))
+                                  if np.isfinite(r["p_true"]).any() else None,
+                                  "p_true_original": [None if not np.isfinite(v) else float(v)
+                                                      for v in r["p_true_original"]],
+                                  "max_distance": {n: float(d.max()) for n, d in r["distance"].items()}}
+                              for k, r in results.items()}}
+    (out / "invariance.json").write_text(json.dumps(summary, indent=1))
+    fig, _ = invariance_figure(results, names)
+    save_figure(fig, out / "figures" / "invariance.png", tracker, "invariance/figure", dpi)
+    p = [r["p_true"] for r in results.values() if np.isfinite(r["p_true"]).any()]
+    mean_p = float(np.mean([np.nanmean(v) for v in p])) if p else float("nan")
+    if tracker is not None:
+        tracker.summary({f"{k}/mean_p_true": s["mean_p_true"] for k, s in summary["transforms"].items()})
+        tracker.artifact("invariance", "invariance", [out / "invariance.npz", out / "invariance.csv",
+                                                      out / "invariance.json"])
+    for k, s in summary["transforms"].items():
+        print(f"  {k}: mean p(true) {s['mean_p_true']}; max distance "
+              + ", ".join(f"{n} {d:.3g}" for n, d in s["max_distance"].items()))
+    return mean_p

@@ -81,3 +81,34 @@ def method_agreement(projections: dict[str, np.ndarray]) -> dict[str, float]:
             ok = den > 0
             out[f"{names[a]}~{names[b]}"] = float(np.mean(num[ok] / den[ok])) if ok.any() else float("nan")
     return out
+
+
+def run(model: nn.Module, dataset, table: TopK, layer: str, out, *, units: Sequence[int] | None = None,
+        n_units: int = 6, methods: Sequence[str] = METHODS, normalize=None, tap: str = "relu", seed: int = 0,
+        display_mode: str = "symmetric", device="cpu", dpi: int = 110, tracker=None, info: dict | None = None
+        ) -> float:
+    """The same top-k rows of ``layer`` (``table``) projected with each method: ``methods.npz``, ``summary.json``
+    (pairwise cosine agreement) and ``figures/methods_<layer>.png`` under ``out``.  Returns the deconvnet~guided
+    agreement (NaN when either is missing)."""
+    import json
+    from pathlib import Path
+
+    from ..results import save_figure
+
+    out = Path(out)
+    units = [int(u) for u in units] if units else table.choose_units(n_units, seed)
+    sub = table.select(units)
+    patches, projs = method_views(model, dataset, sub, layer, units, methods=list(methods), normalize=normalize,
+                                  device=device, tap=tap)
+    np.savez_compressed(out / "methods.npz", units=np.array(units), patches=patches,
+                        **{k: v.astype(np.float16) for k, v in projs.items()})
+    agreement = method_agreement(projs)
+    (out / "summary.json").write_text(json.dumps({**(info or {}), "layer": layer, "units": units, "k": table.k,
+                                                   "methods": list(methods), "agreement_cosine": agreement,
+                                                   "images": len(dataset)}, indent=1))
+    fig, _ = methods_figure(patches, projs, units, layer, display_mode)
+    path = save_figure(fig, out / "figures" / f"methods_{layer}.png", tracker, "methods", dpi)
+    if tracker is not None:
+        tracker.summary(agreement)
+    print(f"methods: {layer}, units {units}; agreement {agreement}; {path}")
+    return float(agreement.get("deconvnet~guided", float("nan")))

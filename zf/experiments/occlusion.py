@@ -174,3 +174,83 @@ def occlusion_figure(images: Sequence[np.ndarray], results: Sequence[dict], proj
             ax.set_yticks([])
     fig.tight_layout()
     return fig, axes
+
+
+def run(model: nn.Module, raw: torch.Tensor, labels: Sequence[int], paths: Sequence[str], classes: Sequence[str],
+        normalize, out, *, layer: int | str = 5, tap: str = "relu", size: int = 48, stride: int = 8,
+        grey="mean", batch_size: int = 64, method: str = "deconvnet", norm: str = "identity",
+        display_mode: str = "symmetric", dataset=None, mine_fn: Callable | None = None, device="cpu",
+        dpi: int = 110, tracker=None, progress: bool = False) -> float:
+    """Fig. 7 for each image of ``raw`` (uint8 (N, 3, H, W), true class indices ``labels``, relative ``paths``):
+    occlusion maps, the unit's projection here and (with ``dataset`` and ``mine_fn(layers) -> {name: TopK}``) in its
+    mined top-k; writes ``activation/p_true/top_label/probs/projections.npy``, ``occlusion.json`` and
+    ``figures/occlusion.png`` under ``out``.  Returns the mean drop of p(true class) from the unoccluded image to
+    the worst occluder position."""
+    import json
+    from pathlib import Path
+
+    from ..deconv import project_windows
+    from ..errors import ConfigError
+    from ..plotting import image_grid
+    from ..results import save_figure
+    from ..visualize import display, unit_views
+    from .classes import readable
+    from .features import grey_fill
+
+    if any(l < 0 for l in labels):
+        raise ConfigError("occlusion: every image must lie in a folder named after one of the model's classes "
+                          f"({', '.join(classes[:5])}, ...): p(true class) is the figure's panel (d)")
+    out = Path(out)
+    normalize = normalize.to(device)
+    x = normalize(raw.to(device))
+    value = grey_fill(grey, normalize)
+    results = []
+    for i, rel in enumerate(paths):
+        print(f"occlusion: {rel}")
+        results.append(occlusion(model, x[i], labels[i], layer=layer, tap=tap, size=size, stride=stride,
+                                 value=value, batch_size=batch_size, progress=progress))
+    name = results[0]["layer"]
+    projections, boxes, others = [], [], [None] * len(results)
+    for i, r in enumerate(results):
+        row = torch.tensor([[0, r["unit"], *r["unit_pos"]]], device=device)
+        win, corner = project_windows(model, x[i:i + 1], row, name, method=method, tap=tap, norm=norm)
+        projections.append(display(win[0].cpu(), display_mode))
+        y0, x0 = corner[0].tolist()
+        boxes.append((y0, y0 + win.shape[2], x0, x0 + win.shape[3]))
+    if dataset is not None and mine_fn is not None:
+        # (c): the same maps in other images = their mined top-k
+        table = mine_fn([name])[name]
+        for i, r in enumerate(results):
+            _, proj = unit_views(model, dataset, table, name, [r["unit"]], method=method, tap=tap, norm=norm,
+                                 normalize=normalize, device=device)
+            others[i] = image_grid(display(proj[0], display_mode), ncols=3)
+    names = readable(list(classes))
+    np.save(out / "activation.npy", np.stack([r["activation"] for r in results]))
+    np.save(out / "p_true.npy", np.stack([r["p_true"] for r in results]))
+    np.save(out / "top_label.npy", np.stack([r["top_label"] for r in results]))
+    np.save(out / "probs.npy", np.stack([r["probs"] for r in results]).astype(np.float16))
+    np.save(out / "projections.npy", np.stack(projections))
+    summary = {"layer": name, "size": int(size), "stride": int(stride), "grey": str(grey),
+               "fill_normalised": value, "classes": list(classes), "class_names": names,
+               "ys": results[0]["ys"].tolist(), "xs": results[0]["xs"].tolist(), "images": []}
+    for rel, r, b in zip(paths, results, boxes):
+        iy, ix = np.unravel_index(int(np.argmin(r["p_true"])), r["p_true"].shape)
+        summary["images"].append({
+            "path": str(rel), "label": r["label"], "class": names[r["label"]], "unit": r["unit"],
+            "unit_pos": list(r["unit_pos"]), "projection_box": list(b), "base_activation": r["base_activation"],
+            "base_p_true": r["base_p_true"], "base_label": names[r["base_label"]],
+            "min_p_true": float(r["p_true"].min()), "min_p_true_corner": [int(r["ys"][iy]), int(r["xs"][ix])],
+            "labels_seen": sorted({names[c] for c in np.unique(r["top_label"]).tolist()})})
+    (out / "occlusion.json").write_text(json.dumps(summary, indent=1))
+    fig, _ = occlusion_figure([im.permute(1, 2, 0).numpy() for im in raw], results, projections, others, boxes,
+                              names)
+    save_figure(fig, out / "figures" / "occlusion.png", tracker, "occlusion/figure", dpi)
+    drop = float(np.mean([r["base_p_true"] - r["p_true"].min() for r in results]))
+    if tracker is not None:
+        tracker.summary({"mean_p_true_drop": drop})
+        tracker.artifact("occlusion", "occlusion", [out / f for f in ("activation.npy", "p_true.npy",
+                                                                      "top_label.npy", "occlusion.json")])
+    for s in summary["images"]:
+        print(f"  {s['path']}: {s['class']} p={s['base_p_true']:.3f} (min {s['min_p_true']:.3f} at "
+              f"{s['min_p_true_corner']}), {name} map {s['unit']}; labels seen: {', '.join(s['labels_seen'])}")
+    return drop

@@ -156,3 +156,35 @@ def probe_figure(rows: Sequence[dict], paper: dict = PAPER_TABLE7, chance: float
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig, ax
+
+
+def run(model: nn.Module, train_set, val_set, out, *, normalize: Normalize | None = None, l2: float = 1e-3,
+        max_iter: int = 200, batch_size: int = 64, device="cpu", transform: dict | None = None,
+        progress: bool = False, dpi: int = 110, tracker=None) -> float:
+    """The layer-wise probe: features of ``probe_layers(model)`` on both sets, one softmax per layer; writes
+    ``probe.csv/.json`` and ``figures/probe.png`` under ``out``.  Returns the best val accuracy."""
+    import json
+    from pathlib import Path
+
+    from ..results import save_figure, write_csv
+
+    out = Path(out)
+    layers = probe_layers(model)
+    kw = dict(layers=layers, normalize=normalize, batch_size=batch_size, device=device, progress=progress)
+    xtr, ytr = extract(model, train_set, **kw)
+    xva, yva = extract(model, val_set, **kw)
+    n_classes = len(train_set.classes) or int(max(ytr.max(), yva.max())) + 1
+    rows = probe(xtr, ytr, xva, yva, n_classes, l2=l2, max_iter=max_iter)
+    for r in rows:
+        r["paper_caltech101"], r["paper_caltech256"] = PAPER_TABLE7.get(_layer_number(r["layer"]), (None, None))
+    write_csv(out / "probe.csv", rows)
+    (out / "probe.json").write_text(json.dumps({"rows": rows, "train_images": len(train_set),
+                                                 "val_images": len(val_set), "classes": n_classes, "l2": float(l2),
+                                                 "layers": dict(layers), "transform": transform}, indent=1))
+    fig, _ = probe_figure(rows, chance=1.0 / n_classes)
+    save_figure(fig, out / "figures" / "probe.png", tracker, "probe", dpi)
+    if tracker is not None:
+        tracker.table("probe", list(rows[0]), [list(r.values()) for r in rows])
+    for r in rows:
+        print(f"  {r['layer']:>6}  dim {r['dim']:5d}  train {100 * r['train_acc']:5.1f}%  val {100 * r['val_acc']:5.1f}%")
+    return max(r["val_acc"] for r in rows)

@@ -1,0 +1,74 @@
+"""The mining cache: ``zf.mining.mine`` keyed by everything its result depends on, so a later run on another layer,
+or an experiment that needs the same tables, reads them instead of passing over the data again.
+
+    tables, folder = mine_cached(model, dataset, layers=[1, 2, 3, 4, 5], k=9, cache_dir="outputs/cache",
+                                 transform=spec, normalize=Normalize(mean, std))
+
+The key (``fingerprint``) covers the model's weights, the data's file list (path, size, modification time), the
+subset of files, the transform, the layers, ``k``, the tap and the batch size (activations computed in batches of
+another size can differ in the last bits, which can reorder near-ties).  A folder holds ``partial.pt`` while a pass
+runs (an interrupted pass resumes from it) and ``done.json`` once it is complete; the unreadable files a pass skipped
+are kept in ``done.json`` and restored to ``dataset.skipped`` when the cache serves a later run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .layers import resolve_layer
+from .mining import mine
+from .results import TopK
+
+
+def fingerprint(model: nn.Module, files, extra: dict) -> str:
+    """A 16-hex key for ``model``'s weights, the files of ``files`` (a ``zf.data.ImageList``: names, sizes, times)
+    and ``extra`` (any JSON-able dict)."""
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for p in files.paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: str | Path, transform: dict,
+                normalize=None, tap: str = "relu", batch_size: int = 64, num_workers: int = 0,
+                device: str | torch.device = "cpu", progress: bool = True) -> tuple[dict[str, TopK], Path]:
+    """``zf.mining.mine`` through the cache under ``cache_dir``: ({layer name: TopK}, the cache folder).
+
+    ``transform`` describes how images become model inputs (``zf.data.transform_spec``); it is part of the key.
+    After the call ``dataset.skipped`` lists the unreadable files of the pass, whether it ran now or earlier."""
+    import torch.distributed as dist
+
+    names = sorted({resolve_layer(model, layer, tap).name for layer in layers})
+    key = fingerprint(model, dataset.files, {"transform": transform, "layers": names, "k": int(k), "tap": tap,
+                                            "subset": dataset.indices.tolist(), "batch_size": int(batch_size)})
+    folder = Path(cache_dir) / f"mine-{key}"
+    done = folder / "done.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        _note_skipped(dataset, info.get("skipped", []))
+        return {n: TopK.load(folder / f"{n}.npz") for n in names}, folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
+                  device=device, normalize=normalize, state_path=folder / "partial.pt", progress=progress)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for n, t in tables.items():
+            t.save(folder / f"{n}.npz")
+        done.write_text(json.dumps({"layers": names, "k": int(k), "tap": tap, "transform": transform,
+                                    "n_images": len(dataset), "skipped": sorted(set(map(str, dataset.skipped)))}))
+    return tables, folder
+
+
+def _note_skipped(dataset, paths: list[str]) -> None:
+    have = set(map(str, dataset.skipped))
+    dataset.skipped.extend(p for p in paths if p not in have)

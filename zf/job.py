@@ -1,0 +1,133 @@
+"""The main job (paper Fig. 2, section 2.1) as one library call: mine the top-k images of every unit of some layers,
+project them with the deconvnet (and optionally guided backpropagation and the gradient), and write a run directory
+(layout: ``zf.results``) with tables, patches, projections, per-unit images, overview figures, ``summary.json``, the
+gallery, and the W&B record.
+
+    summary = topk_job(model, dataset, normalize, transform, layers=[4], out="outputs/run/x",
+                       cache_dir="outputs/cache")
+
+``scripts/run.py layer=4`` reads its config and calls this (``zf.tasks.topk``).  Every argument is checked before
+the data pass starts.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import render
+from .cache import mine_cached
+from .errors import ConfigError
+from .layers import resolve_layer
+from .receptive import receptive_fields
+from .tracking import Tracker
+
+METHODS = ("deconvnet", "guided", "gradient")
+DISPLAYS = ("symmetric", "minmax")
+
+
+def check_args(model, layers: Sequence, k: int, methods: Sequence[str], tap: str, display: str,
+               image_size: int, units: Sequence[int] | None = None) -> list[str]:
+    """The layer names of ``layers``, after checking every argument of the job (raises ``zf.errors`` errors, before
+    any data is read): ``k >= 1``, known methods and display, layers that exist and can be projected, and
+    ``units`` that exist in every layer."""
+    from .deconv import activations, check_invertible
+
+    if int(k) < 1:
+        raise ConfigError(f"k={k}: the number of top images per unit must be at least 1")
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"method={bad[0] if bad else None!r}: use one of {', '.join(METHODS)}")
+    if display not in DISPLAYS:
+        raise ConfigError(f"display={display!r}: use one of {', '.join(DISPLAYS)}")
+    names = []
+    for layer in layers:
+        names.append(check_invertible(model, layer, tap).name)
+    if units is not None:
+        probe = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+        for name in names:
+            channels = activations(model, probe, name, tap).shape[1]
+            wrong = [u for u in units if not 0 <= int(u) < channels]
+            if wrong:
+                raise ConfigError(f"units={wrong}: {name} has units 0..{channels - 1}")
+    return names
+
+
+def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers: Sequence, out: str | Path,
+             cache_dir: str | Path, *, units: Sequence[int] | None = None, overview_units: int = 16, k: int = 9,
+             methods: Sequence[str] = ("deconvnet",), tap: str = "relu", seed_mode: str = "activation",
+             norm: str = "identity", display: str = "symmetric", mine_layers: Sequence = (), batch_size: int = 64,
+             num_workers: int = 1, device="cpu", seed: int = 0, gallery: bool = True, dpi: int = 110,
+             tracker: Tracker | None = None, progress: bool = True, info: dict | None = None) -> dict | None:
+    """Run the main job; returns the run's summary (also written to ``out/summary.json``), or ``None`` on
+    distributed ranks other than 0 (they only mine their shard).
+
+    Args:
+        model: in eval mode, on ``device``. dataset: a ``zf.data.ImageDataset``. normalize: a ``zf.data.Normalize``.
+        transform: the transform spec (part of the mining cache key and the summary).
+        layers: layers to render (numbers, names or module paths); ``mine_layers`` are mined in the same pass and
+            cached for later runs. units: channels to render (``None``: all; the overview then shows
+            ``overview_units`` random units that fire, seeded by ``seed``).
+        methods: the first is the main one; the others are computed too (the gallery toggles between them).
+        info: extra keys for ``summary.json`` (model name, checkpoint, weights).
+    """
+    import torch.distributed as dist
+
+    tracker = tracker or Tracker(enabled=False)
+    out = Path(out)
+    targets = check_args(model, layers, k, methods, tap, display, int(transform.get("size", 224)), units)
+    tables, cache = mine_cached(model, dataset, list(mine_layers) + targets, int(k), cache_dir, transform,
+                                normalize, tap=tap, batch_size=batch_size, num_workers=num_workers, device=device,
+                                progress=progress)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    id_paths = [str(dataset.path(i)) for i in range(len(dataset))]
+    (out / "images.json").write_text(json.dumps(id_paths))
+    rfs = receptive_fields(model, input_size=int(transform.get("size", 224)))
+    info_layers, figs, selected = {}, {}, {}
+    for layer in targets:
+        full = tables[layer]
+        chosen = [int(u) for u in units] if units is not None else full.units.tolist()
+        overview = chosen if units is not None else _overview(full, overview_units, seed)
+        table = selected[layer] = full.select(chosen)
+        figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
+                                          seed_mode, norm, display, device, dpi, tracker, progress)
+        info_layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride, "units": len(chosen),
+                              "channels": len(full.units), "overview_units": overview,
+                              "mean_top1_activation": float(np.nanmean(table.activation[:, 0])),
+                              "dead_units": table.dead}
+    summary = {**(info or {}), "data": str(dataset.files.root), "transform": transform, "methods": list(methods),
+               "k": int(k), "tap": tap, "seed_mode": seed_mode, "norm": norm, "layers": info_layers,
+               "date": datetime.datetime.now().isoformat(timespec="seconds"), "n_images": len(dataset),
+               "skipped": sorted(set(map(str, dataset.skipped))), "mining_cache": str(cache)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for layer, table in selected.items():
+        render.log_layer(tracker, out, layer, table, methods, id_paths)
+    tracker.summary({f"{n}/mean_top1_activation": v["mean_top1_activation"] for n, v in info_layers.items()})
+    if summary["skipped"]:
+        tracker.summary({"skipped_images": len(summary["skipped"])})
+        tracker.table("skipped", ["path"], [[p] for p in summary["skipped"]])
+    if gallery:
+        from .gallery import build_gallery
+
+        print(f"gallery: {build_gallery(out)}")
+    if summary["skipped"]:
+        print(f"{len(summary['skipped'])} unreadable images skipped (listed in {out / 'summary.json'})")
+    for layer in targets:
+        print(f"{layer}: {info_layers[layer]['units']} units, top {k} of {len(dataset)} images"
+              + (f"; {len(info_layers[layer]['dead_units'])} never fire" if info_layers[layer]["dead_units"] else ""))
+        for m, f in figs[layer].items():
+            print(f"  figure ({m}): {f}")
+    print(f"written to {out}")
+    return summary
+
+
+def _overview(table, n: int, seed: int) -> list[int]:
+    """The overview figure's units: ``n`` random units (seeded), as the run has always chosen them."""
+    rng = np.random.default_rng(seed)
+    all_units = table.units.tolist()
+    return sorted(int(u) for u in rng.choice(all_units, size=min(n, len(all_units)), replace=False))

@@ -1,0 +1,147 @@
+"""Rendering a main-job run directory (layout: ``zf.results``): the per-layer arrays and tables, the receptive-field
+patches, the projection PNGs, the per-unit images and the Fig. 2 overview figures, and their W&B record.
+
+``render_layer`` computes and writes one layer from a model and its mined table; ``write_layer_images`` draws the
+PNGs and the overview from arrays alone; ``render_run`` re-renders a finished run from what it saved (no model, no
+data pass), e.g. with another display mode: ``python scripts/render.py <run> --display minmax``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import results as R
+from .results import TopK, save_figure, write_csv
+from .tracking import Tracker
+from .visualize import display, overview_figure, unit_image, unit_views
+
+TOPK_COLUMNS = ["layer", "unit", "rank", "image", "path", "y", "x", "activation", "y0", "y1", "x0", "x1"]
+
+
+def topk_rows(layer: str, table: TopK, paths: Sequence[str]) -> list[list]:
+    """One CSV row per filled (unit, rank) of ``table`` (columns ``TOPK_COLUMNS``)."""
+    rows = []
+    for i, u in enumerate(table.units):
+        for r in range(table.k):
+            g = int(table.image[i, r])
+            if g >= 0:
+                rows.append([layer, int(u), r, g, paths[g], int(table.y[i, r]), int(table.x[i, r]),
+                             f"{table.activation[i, r]:.6g}", *map(int, table.box[i, r])])
+    return rows
+
+
+def save_sources(out: Path, dataset, image_ids) -> None:
+    """``sources/<id>.jpg``: the model-input-size image of every id (the gallery's full view); existing files stay."""
+    (out / "sources").mkdir(parents=True, exist_ok=True)
+    for g in np.unique(np.asarray(image_ids)[np.asarray(image_ids) >= 0]):
+        src = R.source_path(out, int(g))
+        if not src.is_file():
+            Image.fromarray(dataset[int(g)][0].permute(1, 2, 0).numpy()).save(src, quality=90)
+
+
+def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, overview: list[int],
+                 methods: Sequence[str], tap: str = "relu", seed_mode: str = "activation", norm: str = "identity",
+                 display_mode: str = "symmetric", device="cpu", dpi: int = 110, tracker: Tracker | None = None,
+                 progress: bool = True) -> dict[str, Path]:
+    """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}."""
+    tracker = tracker or Tracker(enabled=False)
+    ldir = R.layer_dir(out, layer)
+    ldir.mkdir(parents=True, exist_ok=True)
+    table.save(ldir / "topk.npz")
+    write_csv(ldir / "topk.csv", topk_rows(layer, table, [str(dataset.path(i)) for i in range(len(dataset))]),
+              TOPK_COLUMNS)
+    save_sources(out, dataset, table.image)
+    units = table.units.tolist()
+    figs = {}
+    for method in methods:
+        patches, proj = unit_views(model, dataset, table, layer, units, method=method, tap=tap, seed=seed_mode,
+                                   norm=norm, normalize=normalize, device=device, progress=progress)
+        proj = proj.astype(np.float16)  # what the run keeps, so a re-render (render_run) gives the same pictures
+        np.save(ldir / f"{method}.npy", proj)
+        figs[method] = write_layer_images(out, layer, table, overview, method, patches, proj, display_mode, dpi,
+                                          tracker, with_patches=method == methods[0])
+    return figs
+
+
+def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], method: str, patches, proj,
+                       display_mode: str = "symmetric", dpi: int = 110, tracker: Tracker | None = None,
+                       with_patches: bool = True) -> Path:
+    """The PNGs of one layer and method (projections, optionally patches, per-unit images) and its overview figure,
+    from arrays: patches uint8 (U, k, s, s, 3), proj (U, k, 3, s, s), units in ``table.units`` order."""
+    proj = proj.astype("float32")
+    shown = display(proj, display_mode)
+    units = table.units.tolist()
+    for i, u in enumerate(units):
+        for r in range(table.k):
+            if table.image[i, r] < 0:
+                continue
+            files = [(R.projection_path(out, layer, method, u, r), shown[i, r])]
+            if with_patches:
+                files.append((R.patch_path(out, layer, u, r), patches[i, r]))
+            for path, arr in files:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(path, compress_level=1)  # thousands of small PNGs: favour speed
+        up = R.unit_figure_path(out, layer, u, method)
+        up.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
+    oi = [units.index(u) for u in overview]
+    fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
+                             mode=display_mode)
+    return save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
+
+
+def read_patches(run: Path, layer: str, table: TopK) -> np.ndarray:
+    """The saved patch PNGs of a layer as uint8 (U, k, s, s, 3); empty ranks are zero."""
+    s = int(table.box[0, 0, 1] - table.box[0, 0, 0])
+    patches = np.zeros((len(table.units), table.k, s, s, 3), np.uint8)
+    for i, u in enumerate(table.units.tolist()):
+        for r in range(table.k):
+            if table.image[i, r] >= 0:
+                patches[i, r] = np.asarray(Image.open(R.patch_path(run, layer, u, r)).convert("RGB"))
+    return patches
+
+
+def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int = 110,
+               gallery: bool = True) -> list[Path]:
+    """Re-render a main-job run directory from its saved arrays (``topk.npz``, ``<method>.npy``, patch PNGs): the
+    projection PNGs, per-unit images and overview figures, then the gallery.  Returns the overview figures."""
+    run = Path(run)
+    summary = R.read_summary(run)
+    figs = []
+    for layer, info in summary["layers"].items():
+        table = TopK.load(R.layer_dir(run, layer) / "topk.npz")
+        patches = read_patches(run, layer, table)
+        overview = info.get("overview_units") or table.units.tolist()[:16]
+        for method in summary["methods"]:
+            proj = np.load(R.layer_dir(run, layer) / f"{method}.npy")
+            figs.append(write_layer_images(run, layer, table, overview, method, patches, proj, display_mode, dpi,
+                                           with_patches=False))
+    if gallery:
+        from .gallery import build_gallery
+
+        build_gallery(run)
+    return figs
+
+
+def log_layer(tracker: Tracker, out: Path, layer: str, table: TopK, methods: Sequence[str], paths: Sequence[str],
+              max_rows: int = 2000) -> None:
+    """W&B: a Table with one row per (unit, rank) (patch and projection images), and the arrays as an artifact."""
+    if not tracker.active:
+        return
+    rows = []
+    for i, u in enumerate(table.units.tolist()):
+        for r in range(table.k):
+            g = int(table.image[i, r])
+            if g >= 0 and len(rows) < max_rows:
+                rows.append([layer, u, r, float(table.activation[i, r]), Path(paths[g]).name,
+                             R.patch_path(out, layer, u, r)] + [R.projection_path(out, layer, m, u, r)
+                                                                for m in methods])
+    tracker.table(f"{layer}/top{table.k}", ["layer", "unit", "rank", "activation", "image", "patch"] + list(methods),
+                  rows)
+    ldir = R.layer_dir(out, layer)
+    tracker.artifact(f"topk-{layer}", "topk", [ldir / "topk.npz", ldir / "topk.csv", out / "summary.json"]
+                     + [ldir / f"{m}.npy" for m in methods])
