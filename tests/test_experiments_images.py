@@ -160,7 +160,7 @@ def run_experiment(name, tmp_path, overrides):
         cfg = compose("run", overrides=[f"experiment={name}", "model.checkpoint=null", "logger=none",
                                         f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
                                         f"data.root={DATA}", "progress=false", "dpi=40"] + overrides)
-    assert cfg.task == name
+    assert cfg.task._target_ == f"zf.tasks.{name}"
     return dispatch(cfg)
 
 

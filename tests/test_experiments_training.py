@@ -70,11 +70,11 @@ def tiny_checkpoint(path, seed=0, history=None, **arch):
 @pytest.mark.parametrize("name", RUN_EXPERIMENTS)
 def test_run_experiment_configs_compose(name, tmp_path):
     cfg = resolved(compose("run", [f"experiment={name}"], tmp_path))
-    assert cfg["task"] == name and cfg["task_name"] == name
+    assert cfg["task"] == {"_target_": f"zf.tasks.{name}"} and cfg["task_name"] == name
     assert cfg["paths"]["output_dir"] == str(tmp_path)
     import zf.tasks
 
-    assert callable(getattr(zf.tasks, f"{name}_task"))
+    assert callable(getattr(zf.tasks, name))
 
 
 @pytest.mark.parametrize("name", TRAIN_EXPERIMENTS)
@@ -176,7 +176,7 @@ def test_slurm_launcher_is_composed_only_when_asked(tmp_path):
 
 def test_evolution_runs_tiny_on_fabricated_snapshots(tmp_path):
     from zf.experiments.evolution import find_snapshots, load_snapshot
-    from zf.tasks import evolution_task
+    from zf.tasks import evolution as evolution_task
 
     data = write_tree(tmp_path / "data")
     snaps = tmp_path / "snaps"
@@ -241,7 +241,8 @@ def test_filter_stats_on_hand_made_filters():
 
 
 def test_filters_runs_tiny_and_names_the_missing_run(tmp_path):
-    from zf.tasks import filters_task
+    from zf.errors import CheckpointError
+    from zf.tasks import filters as filters_task
 
     data = write_tree(tmp_path / "data")
     ck = {k: tiny_checkpoint(tmp_path / f"{k}.pt", seed=i, **({"conv1": [11, 4, 2]} if k == "alexnet" else {}))
@@ -261,7 +262,7 @@ def test_filters_runs_tiny_and_names_the_missing_run(tmp_path):
     missing = tmp_path / "nope" / "last.pt"
     cfg = compose("run", base + [f"filters.default={ck['default']}", f"filters.zf_small={ck['zf_small']}",
                                  f"filters.alexnet={ck['alexnet']}", f"filters.noclip={missing}"], tmp_path / "o2")
-    with pytest.raises(FileNotFoundError, match="python scripts/train.py experiment=fig6_noclip"):
+    with pytest.raises(CheckpointError, match="python scripts/train.py experiment=fig6_noclip"):
         filters_task(cfg)
 
 
@@ -291,7 +292,7 @@ def test_softmax_probe_separates_separable_and_not_random_labels():
 
 def test_probe_runs_tiny(tmp_path):
     from zf.experiments.probe import probe_layers
-    from zf.tasks import probe_task
+    from zf.tasks import probe as probe_task
 
     data = write_tree(tmp_path / "data")
     ck = tiny_checkpoint(tmp_path / "m.pt")
@@ -313,7 +314,7 @@ def test_probe_runs_tiny(tmp_path):
 
 
 def test_methods_runs_tiny(tmp_path):
-    from zf.tasks import methods_task
+    from zf.tasks import methods as methods_task
 
     data = write_tree(tmp_path / "data")
     ck = tiny_checkpoint(tmp_path / "m.pt")

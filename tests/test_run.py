@@ -212,7 +212,9 @@ def test_every_experiment_config_composes(path):
     if "task" in cfg:
         import zf.tasks
 
-        assert cfg.task == "topk" or hasattr(zf.tasks, f"{cfg.task}_task")
+        from hydra.utils import get_method
+
+        assert callable(get_method(cfg.task._target_)) and cfg.task._target_.startswith("zf.tasks.")
 
 
 @pytest.mark.parametrize("model", ["zfnet", "alexnet", "vgg16"])

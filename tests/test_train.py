@@ -221,7 +221,7 @@ def test_batch_size_must_split_across_processes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("preload", [True, False])
 def test_training_skips_an_unreadable_file(tmp_path, preload):
-    from zf.tasks import train_task
+    from zf.tasks import train as train_task
 
     data = write_tree(tmp_path / "data", per_class=4, val_per_class=1)
     bad = data / "train" / "c1" / "zz_corrupt.jpg"
@@ -265,7 +265,7 @@ def test_config_composes(experiment, tmp_path, monkeypatch):
 
 
 def test_tiny_run_writes_outputs_and_exports(tmp_path, monkeypatch):
-    from zf.tasks import train_task
+    from zf.tasks import train as train_task
 
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     data = write_tree(tmp_path / "data", per_class=4, val_per_class=2)
