@@ -168,11 +168,19 @@ def test_torchvision_by_name_random_and_from_file(tmp_path):
         build_model("resnet18", weights="random")
 
 
-def test_timm_by_name_or_how_to_install(monkeypatch):
+def test_timm_by_name_or_how_to_install(monkeypatch, tmp_path):
     if importlib.util.find_spec("timm") is not None:
+        from safetensors.torch import save_file
+
         torch.manual_seed(0)
         m = build_model("timm", arch_name="resnet18", weights="random", num_classes=4)
         assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4) and m.zf_weights == "random"
+        save_file(m.state_dict(), str(tmp_path / "model.safetensors"))  # the file timm's hub folders hold
+        m2 = build_model("timm", arch_name="resnet18", weights=str(tmp_path / "model.safetensors"), num_classes=4)
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+        (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+        with pytest.raises(CheckpointError, match="bad.safetensors is not a readable safetensors file"):
+            build_model("timm", arch_name="resnet18", weights=str(tmp_path / "bad.safetensors"))
     monkeypatch.setitem(sys.modules, "timm", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"pip install 'zf\[timm\]'"):
         build_model("timm", arch_name="resnet18", weights="random")
