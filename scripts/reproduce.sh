@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate every figure and table of REPRODUCTION.md:  bash scripts/reproduce.sh
 # Each step is skipped when its outputs exist (FORCE=1 reruns them all).  Times: 2 CPU cores, nothing else running.
-#   0  shipped model (experiment=default_model, ~55 min; skipped when checkpoints/zfnet_imagenette.pt exists)
-#   1  Fig. 4 snapshots copied to checkpoints/evolution                                            (seconds)
+#   0  shipped model (experiment=default_model, ~55 min; skipped when zf/weights/zfnet_imagenette.pt exists)
+#   1  Fig. 4 snapshots copied to zf/weights/evolution                                            (seconds)
 #   2  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5 (one cached mining pass)            (~1.5 min)
 #   3  the experiments on the shipped model (scripts/run.py experiment=...) -> outputs/reproduce/<name> (~6 min)
 #   4  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1, and fig6_paper_scale[_noclip]
@@ -22,15 +22,15 @@ say() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 done_() { [ "$FORCE" != 1 ] && [ -e "$1" ]; }
 
 # 0. the shipped model
-if done_ checkpoints/zfnet_imagenette.pt; then say "shipped model: exists, skipped"
+if done_ zf/weights/zfnet_imagenette.pt; then say "shipped model: exists, skipped"
 else say "shipped model"; $PY scripts/train.py experiment=default_model hydra.run.dir=outputs/train/default_model; fi
 
 # 1. Fig. 4 snapshots (the shipped run's features_epochNNN.pt)
-if [ "$FORCE" != 1 ] && ls checkpoints/evolution/features_epoch*.pt >/dev/null 2>&1; then say "snapshots: exist, skipped"
+if [ "$FORCE" != 1 ] && ls zf/weights/evolution/features_epoch*.pt >/dev/null 2>&1; then say "snapshots: exist, skipped"
 else
-  say "snapshots -> checkpoints/evolution"
-  mkdir -p checkpoints/evolution
-  cp outputs/train/default_model/checkpoints/features_epoch*.pt checkpoints/evolution/
+  say "snapshots -> zf/weights/evolution"
+  mkdir -p zf/weights/evolution
+  cp outputs/train/default_model/checkpoints/features_epoch*.pt zf/weights/evolution/
 fi
 
 # 2. the main job, Fig. 2 (one mining pass, cached, serves all five layers)

@@ -13,10 +13,12 @@ import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from .errors import CheckpointError, ConfigError
 
 #: Channel counts of conv1..conv5 and the sizes of fc6, fc7 in the paper (Fig. 3).
 ZF_CHANNELS = (96, 256, 384, 384, 256)
@@ -136,76 +138,326 @@ def zfnet(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# torchvision models with local weights
+# Weights: reading a file, fitting a state dict to a model, recording what stayed random
+#
+# Every model a config builds says where its weights came from: ``model.zf_weights`` is the file it loaded, or
+# "random", and ``model.zf_missing`` lists the state-dict keys the file did not have (they keep their random
+# initialisation; empty when everything was loaded).  ``require_loaded`` turns a missing part an analysis needs into
+# an error.
+
+#: What to tell a user who gave no weights, or weights that cannot be used.
+WEIGHTS_HELP = ("pass model.weights=/path/to/weights.pth (a state dict), model.weights=cache (torchvision's file, "
+                "if the torch hub cache has it), or model.weights=random for random weights")
+
+#: The shipped checkpoint and its Fig. 4 snapshots, installed with the package (see zf/weights/MODEL_CARD.md).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: The checkpoint shipped with the package, trained on Imagenette (see zf/weights/MODEL_CARD.md).
+DEFAULT_CHECKPOINT = WEIGHTS_DIR / "zfnet_imagenette.pt"
+#: Its conv weights at epochs 1, 2, 5, 10, 20 and 50 (Fig. 4, ``experiment=evolution``).
+EVOLUTION_SNAPSHOTS = WEIGHTS_DIR / "evolution"
+
+_STATE_KEYS = ("model", "state_dict", "model_state_dict", "model_state")
 
 
-def _torchvision_weights(name: str, weights: str | os.PathLike | None) -> dict | None:
-    """The state dict for torchvision's ``name``: from ``weights`` (a file path), or from the torch hub cache when
-    ``weights == "cache"`` (the file torchvision would download, if it is already there).  Never downloads."""
-    if weights is None:
-        return None
-    if str(weights) == "cache":
-        import torchvision.models as tvm
+def read_checkpoint(path: str | os.PathLike, what: str = "weights file"):
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line ``CheckpointError``s naming the file when it
+    is missing, is not a PyTorch checkpoint (corrupt, truncated, another format), or holds pickled Python objects
+    that ``weights_only`` refuses.  A ``.safetensors`` file is read with safetensors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist; check the path"
+                              + ("" if what != "weights file" else f", or {WEIGHTS_HELP}"))
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError(f"{path} is a safetensors file: pip install safetensors to read it") from None
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                                  f"{_first_line(e)}); check that it was copied whole") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError ... for a bad file
+        msg = str(e)
+        if "Unsupported global" in msg:
+            what_global = msg.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip()
+            raise CheckpointError(
+                f"{path} holds pickled Python objects ({what_global}), which zf does not load (weights_only=True); "
+                f"save a state dict instead: torch.save(model.state_dict(), '{path.name}')") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (corrupt, truncated or another format: "
+                              f"{type(e).__name__}); save it again with torch.save(model.state_dict(), ...) or copy "
+                              f"it again") from None
 
-        enum = {"alexnet": tvm.AlexNet_Weights.IMAGENET1K_V1, "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1}[name]
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{name}: no cached torchvision weights at {path}. Copy the file from a machine that has it, or pass "
-                f"weights=/path/to/{Path(enum.url).name}.")
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: weights file {path} does not exist")
-    return load_state_dict(path)
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def state_dict_of(obj, source: str) -> dict:
+    """The tensors of a loaded file: a bare state dict, or the ``model`` / ``state_dict`` entry of a checkpoint."""
+    if isinstance(obj, dict):
+        for key in _STATE_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        kind = type(obj).__name__ if not isinstance(obj, dict) else f"dict with keys {sorted(map(str, obj))[:6]}"
+        raise CheckpointError(f"{source} holds a {kind}, not a state dict of tensors; save one with "
+                              f"torch.save(model.state_dict(), ...)")
+    return {str(k): v for k, v in obj.items()}
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
     """Load a state dict (or a zf checkpoint's ``model`` entry) with ``weights_only=True``."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    return obj
+    return state_dict_of(read_checkpoint(path), str(path))
 
 
-def _load_into(model: nn.Module, state: dict, source: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise RuntimeError(f"the weights in {source} do not fit this model; check the architecture options "
-                           f"(width, num_classes, ...).\n{e}") from None
+def _remap(state: dict, wanted: set[str]) -> dict:
+    """``state`` with a common prefix stripped (``module.``, ``model.``, ...) or added (``features.``) where that
+    makes more of its keys name the model's; unchanged otherwise."""
+    candidates = [state]
+    # strip a leading component all keys share, repeatedly (module.model.x -> model.x -> x)
+    stripped = state
+    while True:
+        heads = {k.split(".", 1)[0] for k in stripped}
+        if len(heads) != 1 or not all("." in k for k in stripped):
+            break
+        stripped = {k.split(".", 1)[1]: v for k, v in stripped.items()}
+        candidates.append(stripped)
+    # add the prefix that puts a key where the model has it (a features-only dict saved from model.features)
+    for c in list(candidates):
+        for k in c:
+            for w in wanted:
+                if w.endswith("." + k):
+                    p = w[: -len(k)]
+                    candidates.append({p + kk: v for kk, v in c.items()})
+            break  # the first key proposes the prefixes
+    return max(candidates, key=lambda c: (len(wanted & set(c)), c is state))
 
 
-def alexnet(num_classes: int = 1000, weights: str | os.PathLike | None = None) -> nn.Module:
-    """torchvision's AlexNet, with weights from a file or the hub cache (``weights="cache"``)."""
-    import torchvision
+def _groups(keys: Sequence[str], all_keys: Sequence[str]) -> list[str]:
+    """Short names for a set of state-dict keys: ``classifier.*`` when a whole top-level module is in it, else the
+    modules (``features.28.*``)."""
+    out: list[str] = []
+    for top in dict.fromkeys(k.split(".", 1)[0] for k in keys):
+        mine = [k for k in keys if k.split(".", 1)[0] == top]
+        if len(mine) == len([k for k in all_keys if k.split(".", 1)[0] == top]):
+            out.append(f"{top}.*" if "." in mine[0] else top)
+        else:
+            out += list(dict.fromkeys(k.rsplit(".", 1)[0] + ".*" for k in mine))
+    return out
 
-    model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
-    state = _torchvision_weights("alexnet", weights)
-    if state is not None:
-        _load_into(model, state, str(weights))
+
+def load_weights(model: nn.Module, state: dict, source: str, partial: bool = True) -> nn.Module:
+    """Copy ``state`` into ``model`` and record it (``model.zf_weights = source``, ``model.zf_missing``).
+
+    A common key prefix is stripped or added where that fits the model (``module.`` of DataParallel, a dict saved
+    from ``model.features``).  Keys the model lacks, or tensors of another shape, are a ``CheckpointError`` naming
+    ``source``.  Keys of the model that ``state`` lacks keep their random initialisation: with ``partial`` that
+    warns once, naming them, and lists them in ``model.zf_missing``; without, it is an error."""
+    target = model.state_dict()
+    wanted = set(target)
+    state = _remap(state, wanted)
+    unexpected = [k for k in state if k not in wanted]
+    if unexpected:
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__name__}: it has {len(unexpected)} keys the model lacks "
+            f"({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}); check model.name / arch_name / "
+            f"the architecture options (width, num_classes, ...)")
+    wrong = [f"{k} {tuple(v.shape)} vs the model's {tuple(target[k].shape)}" for k, v in state.items()
+             if not nn.parameter.is_lazy(target[k]) and v.shape != target[k].shape]
+    if wrong:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {'; '.join(wrong[:3])}"
+                              f"{'; ...' if len(wrong) > 3 else ''}; check the architecture options "
+                              f"(width, num_classes, ...)")
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    if len(missing) == len([k for k in target if not k.endswith("num_batches_tracked")]):
+        raise CheckpointError(f"{source} has none of {type(model).__name__}'s weights; check model.name / arch_name")
+    if missing and not partial:
+        raise CheckpointError(f"{source} lacks {', '.join(_groups(missing, list(target)))} of "
+                              f"{type(model).__name__}; pass a complete state dict")
+    model.load_state_dict(state, strict=False)
+    model.zf_weights = source
+    model.zf_missing = missing
+    if missing:
+        warnings.warn(f"{source} holds only part of {type(model).__name__}: "
+                      f"{', '.join(_groups(missing, list(target)))} stayed random (model.zf_missing lists the keys)",
+                      stacklevel=2)
     return model
 
 
+def random_weights(model: nn.Module) -> nn.Module:
+    """Mark ``model`` as running on its random initialisation (``model.zf_weights = "random"``)."""
+    model.zf_weights = "random"
+    model.zf_missing = []
+    return model
+
+
+def require_loaded(model: nn.Module, prefix: str, what: str) -> None:
+    """Raise ``CheckpointError`` if the weights under ``prefix`` (``"classifier."``) stayed random because the
+    loaded file did not have them: ``require_loaded(model, "classifier.", "occlusion")`` before a pass that needs
+    the class scores."""
+    missing = [k for k in getattr(model, "zf_missing", ()) if k.startswith(prefix)]
+    if missing:
+        source = getattr(model, "zf_weights", "the weights file")
+        raise CheckpointError(
+            f"{what} needs the {prefix.rstrip('.')} ({prefix}*), which stayed random: {source} has no "
+            f"{', '.join(_groups(missing, missing))}; pass model.weights=<a file that has them>")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torchvision, timm and your own modules
+
+
+def _suggest(name: str, names: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def torchvision_names() -> list[str]:
+    """The classification models ``torchvision.models.get_model`` builds by name."""
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def torchvision_cache_file(arch_name: str) -> Path:
+    """The file torchvision would download for ``arch_name``'s weights, in the torch hub cache: the DEFAULT weights'
+    file if it is there, else any other ImageNet weights of that model that are.  Never downloads."""
+    import torchvision.models
+
+    enum = torchvision.models.get_model_weights(arch_name)
+    members = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for w in members:
+        path = folder / Path(w.url).name
+        if path.is_file():
+            return path
+    raise CheckpointError(
+        f"{arch_name}: no cached torchvision weights in {folder} (looked for {Path(enum.DEFAULT.url).name}); copy the "
+        f"file there from a machine that has it, or pass model.weights=/path/to/{Path(enum.DEFAULT.url).name}")
+
+
+def _resolve_weights(weights, name: str, cache: Callable[[], Path] | None = None):
+    """``None`` (no weights given: an error), ``"random"``, or the path to load (``"cache"`` through ``cache``)."""
+    if weights is None or str(weights).strip() == "":
+        raise CheckpointError(f"model {name}: no weights given; {WEIGHTS_HELP}")
+    if str(weights) == "random":
+        return "random"
+    if str(weights) == "cache":
+        if cache is None:
+            raise CheckpointError(f"model {name}: weights=cache finds torchvision's files only; pass "
+                                  f"model.weights=/path/to/the/file")
+        return cache()
+    return Path(weights).expanduser()
+
+
+def _with_weights(model: nn.Module, weights, name: str, cache: Callable[[], Path] | None = None,
+                  partial: bool = True) -> nn.Module:
+    w = _resolve_weights(weights, name, cache)
+    if w == "random":
+        return random_weights(model)
+    return load_weights(model, load_state_dict(w), str(w), partial=partial)
+
+
+def torchvision_model(arch_name: str, num_classes: int = 1000, weights: str | os.PathLike | None = "random",
+                      **kwargs) -> nn.Module:
+    """Any torchvision classification model by name (``resnet50``, ``vgg16_bn``, ``convnext_tiny``, ...):
+    ``torchvision.models.get_model(arch_name, weights=None, num_classes=..., **kwargs)``, then ``weights``: a file,
+    ``"cache"`` (the file torchvision would download, from the torch hub cache; never downloaded) or ``"random"``."""
+    import torchvision.models
+
+    names = torchvision_names()
+    if arch_name not in names:
+        raise ConfigError(f"model.arch_name={arch_name!r} is not a torchvision classification model"
+                          f"{_suggest(str(arch_name), names)}; torchvision.models.list_models(module=torchvision.models)"
+                          f" lists them")
+    model = torchvision.models.get_model(arch_name, weights=None, num_classes=num_classes, **kwargs)
+    return _with_weights(model, weights, arch_name, lambda: torchvision_cache_file(arch_name))
+
+
+def timm_model(arch_name: str, num_classes: int = 1000, weights: str | os.PathLike | None = "random",
+               **kwargs) -> nn.Module:
+    """A timm model by name (needs the optional extra: ``pip install 'zf[timm]'``), with ``weights`` a file (a
+    ``.pth`` state dict or timm's ``model.safetensors``) or ``"random"``.  timm's own downloads are never made."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("model=timm needs the timm package, an optional extra: pip install 'zf[timm]' "
+                          "(or pip install timm)") from None
+    if not timm.is_model(arch_name):
+        raise ConfigError(f"model.arch_name={arch_name!r} is not a timm model"
+                          f"{_suggest(str(arch_name), timm.list_models())}; timm.list_models() lists them")
+    model = timm.create_model(arch_name, pretrained=False, num_classes=num_classes, **kwargs)
+    return _with_weights(model, weights, arch_name)
+
+
+def import_target(target: str):
+    """The object ``target`` names (``my_pkg.my_module.MyNet``), with a one-line error when it cannot be imported."""
+    import importlib
+
+    module_name, _, attr = str(target).rpartition(".")
+    if not module_name:
+        raise ConfigError(f"model.target={target!r}: give the full dotted path, e.g. my_pkg.my_module.MyNet")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"model.target={target}: cannot import {module_name} ({_first_line(e)}); put its folder "
+                          f"on PYTHONPATH or pip install its package") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"model.target={target}: {module_name} has no {attr!r}")
+    return getattr(module, attr)
+
+
+def custom_model(target: str | Callable[..., nn.Module], num_classes: int | None = None,
+                 weights: str | os.PathLike | None = "random", **kwargs) -> nn.Module:
+    """Your own network: ``target`` (a dotted path such as ``my_pkg.my_module.MyNet``, or the class itself) called
+    with ``kwargs`` (and ``num_classes`` when given and its signature takes it), then ``weights`` (a file or
+    ``"random"``).  For the deconvnet it should have a ``features`` ``nn.Sequential`` (see ``zf.layers``)."""
+    import inspect
+
+    factory = import_target(target) if isinstance(target, str) else target
+    name = target if isinstance(target, str) else getattr(target, "__qualname__", repr(target))
+    if num_classes is not None:
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs = {"num_classes": num_classes, **kwargs}
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model.target={name}: calling it with {sorted(kwargs)} failed ({_first_line(e)}); "
+                          f"set its arguments under model.arch") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.target={name} returned a {type(model).__name__}, not a torch.nn.Module")
+    return _with_weights(model, weights, str(name))
+
+
+def alexnet(num_classes: int = 1000, weights: str | os.PathLike | None = None) -> nn.Module:
+    """torchvision's AlexNet, with weights from a file, the hub cache (``weights="cache"``), or random (``None`` or
+    ``"random"``; recorded in ``model.zf_weights``)."""
+    return torchvision_model("alexnet", num_classes=num_classes, weights=weights or "random")
+
+
 def vgg16(num_classes: int = 1000, weights: str | os.PathLike | None = None) -> nn.Module:
-    """torchvision's VGG16 (no batch norm), with weights from a file or the hub cache (``weights="cache"``).
+    """torchvision's VGG16 (no batch norm), with weights from a file, the hub cache (``weights="cache"``), or random
+    (``None`` or ``"random"``).  A file with only ``features.*`` (a conv trunk) loads with the classifier random.
 
     Its layers are named by block, as in the VGG paper: ``conv1_1 ... conv5_3``, ``pool1 ... pool5``."""
-    import torchvision
-
-    model = torchvision.models.vgg16(weights=None, num_classes=num_classes)
+    model = torchvision_model("vgg16", num_classes=num_classes, weights=weights or "random")
     model.layer_naming = "block"
-    state = _torchvision_weights("vgg16", weights)
-    if state is not None:
-        _load_into(model, state, str(weights))
     return model
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # zf checkpoints
-
-#: The checkpoint shipped with the package, trained on Imagenette (see checkpoints/MODEL_CARD.md).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "zfnet_imagenette.pt"
 
 
 def load_zfnet(path: str | os.PathLike = DEFAULT_CHECKPOINT, arch: dict | None = None) -> ZFNet:
@@ -213,45 +465,76 @@ def load_zfnet(path: str | os.PathLike = DEFAULT_CHECKPOINT, arch: dict | None =
     the architecture (``num_classes`` is read from fc8 when not given).  A checkpoint's stored architecture wins over
     ``arch``.  The checkpoint's ``meta`` (class names, normalisation, input size) lands in ``model.meta``."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_checkpoint(path, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and "arch" in obj:
-        arch, state, meta = obj["arch"], obj["model"], obj.get("meta", {})
+        arch, state, meta = obj["arch"], state_dict_of(obj, str(path)), obj.get("meta", {})
     else:
-        state, meta = (obj["model"] if isinstance(obj, dict) and "model" in obj else obj), {}
+        state, meta = state_dict_of(obj, str(path)), {}
         arch = dict(arch or {})
         if "num_classes" not in arch and "classifier.fc8.weight" in state:
             arch["num_classes"] = state["classifier.fc8.weight"].shape[0]
     model = zfnet(**arch)
-    _load_into(model, {k: v.float() for k, v in state.items()}, str(path))
+    load_weights(model, {k: v.float() for k, v in state.items()}, str(path), partial=False)
     model.meta = dict(meta)
     return model.eval()
 
 
-def build_model(name: str = "zfnet", checkpoint: str | None = None, weights: str | None = None,
-                num_classes: int | None = None, **arch) -> nn.Module:
-    """One entry point for configs: ``zfnet`` (from ``checkpoint``, or fresh with ``arch``), ``alexnet``, ``vgg16``.
+#: ``build_model(name=...)`` families besides zfnet.
+FAMILIES = ("zfnet", "alexnet", "vgg16", "torchvision", "timm", "custom")
 
-    For ``zfnet``, ``checkpoint="default"`` is the shipped Imagenette model; ``arch`` describes a bare state dict."""
+
+def build_model(name: str = "zfnet", checkpoint: str | None = None, weights: str | None = None,
+                num_classes: int | None = None, *, arch_name: str | None = None,
+                target: str | None = None, **arch) -> nn.Module:
+    """One entry point for configs (``model.name`` is the family):
+
+    - ``zfnet``: from ``checkpoint`` (``"default"``: the shipped Imagenette model; or a file), or fresh weights
+      built from ``arch`` (training) when ``checkpoint`` is null; ``arch`` also describes a bare state dict.
+    - ``alexnet``, ``vgg16``: torchvision's.
+    - ``torchvision``: any torchvision classification model, ``arch_name="resnet50"``.
+    - ``timm``: any timm model, ``arch_name="resnet50"`` (``pip install 'zf[timm]'``).
+    - ``custom``: your own, ``target="my_pkg.my_module.MyNet"`` (or ``arch={"_target_": ...}`` as in Hydra), called
+      with the rest of ``arch``.
+
+    For every family but zfnet ``weights`` is required: a file, ``"cache"`` (torchvision's file in the torch hub
+    cache), or ``"random"``; none is a ``CheckpointError`` (it used to run on random weights without a word).
+    ``arch`` is passed to torchvision's / timm's builder or to ``target``."""
     if name == "zfnet":
         if num_classes is not None:
             arch["num_classes"] = num_classes
         if checkpoint:
             path = DEFAULT_CHECKPOINT if checkpoint == "default" else checkpoint
             return load_zfnet(path, arch)
-        return zfnet(**arch).eval()
-    if arch:
-        warnings.warn(f"{name}: architecture options {sorted(arch)} are ignored (torchvision builds it)")
-    factory = {"alexnet": alexnet, "vgg16": vgg16}.get(name)
-    if factory is None:
-        raise ValueError(f"unknown model {name!r}: use zfnet, alexnet or vgg16")
-    return factory(num_classes=num_classes or 1000, weights=weights).eval()
+        return random_weights(zfnet(**arch)).eval()
+    if name not in FAMILIES:
+        raise ConfigError(f"model.name={name!r} is not a model family: use one of {', '.join(FAMILIES)} "
+                          f"(model=torchvision model.arch_name={name} for a torchvision model)")
+    if checkpoint:
+        if weights:
+            raise ConfigError(f"model {name}: give model.weights or model.checkpoint, not both")
+        weights = checkpoint
+    weights = _resolve_weights(weights, arch_name or target or name) if weights != "cache" else weights
+    n = num_classes or 1000
+    if name in ("alexnet", "vgg16"):
+        if arch:
+            warnings.warn(f"{name}: architecture options {sorted(arch)} are ignored (torchvision builds it)")
+        return {"alexnet": alexnet, "vgg16": vgg16}[name](num_classes=n, weights=weights).eval()
+    if name in ("torchvision", "timm"):
+        if not arch_name:
+            raise ConfigError(f"model={name} needs model.arch_name, e.g. model.arch_name=resnet50")
+        factory = torchvision_model if name == "torchvision" else timm_model
+        return factory(arch_name, num_classes=n, weights=weights, **arch).eval()
+    target = target or arch.pop("_target_", None)
+    if not target:
+        raise ConfigError("model=custom needs model.target=my_pkg.my_module.MyNet (the class or function that "
+                          "builds your network)")
+    return custom_model(target, num_classes=num_classes, weights=weights, **arch).eval()
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ZFNet", "zfnet", "alexnet", "vgg16", "load_zfnet", "build_model", "load_state_dict", "DEFAULT_CHECKPOINT",
-           "count_parameters"]
+__all__ = ["ZFNet", "zfnet", "alexnet", "vgg16", "torchvision_model", "timm_model", "custom_model", "load_zfnet",
+           "build_model", "load_state_dict", "load_weights", "read_checkpoint", "require_loaded", "random_weights",
+           "DEFAULT_CHECKPOINT", "EVOLUTION_SNAPSHOTS", "WEIGHTS_DIR", "count_parameters"]
