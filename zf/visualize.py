@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data import Normalize
+from .errors import ConfigError
 from .deconv import project_windows
 from .plotting import image_grid
 from .results import TopK
@@ -81,7 +82,7 @@ def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", perc
         lo, hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
         v = (p - lo) / np.maximum(hi - lo, 1e-300)
     else:
-        raise ValueError(f"display mode {mode!r}: use symmetric or minmax")
+        raise ConfigError(f"display mode {mode!r}: use display=symmetric or display=minmax")
     if n_bad:
         v = np.where(posinf, 1.0, np.where(neginf, 0.0, np.where(nan, 0.5, v)))
     v = np.clip(v * 255 + 0.5, 0, 255).astype(np.uint8)
