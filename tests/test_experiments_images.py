@@ -13,8 +13,9 @@ from zf.experiments import occlusion as O
 from zf.models import zfnet
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "imagenette-224"
-needs_data = pytest.mark.skipif(not (DATA / "val").is_dir(), reason="Imagenette val split not present")
+# the paper's Table 1 (Sec. 4.3), layer 5 and layer 7 means, copied here rather than read from the module
+PAPER_TABLE1_MEANS = {"right_eye": (0.067, 0.069), "left_eye": (0.069, 0.068), "nose": (0.079, 0.069),
+                      "random": (0.107, 0.073)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -58,6 +59,59 @@ def test_correspondence_identical_images_give_zero_delta_for_parts():
     assert res["layers"] == ["pool5", "relu7"]
 
 
+def _reference_features(model, x):
+    """pool5 and relu7 of ``x`` read with forward hooks written here (not zf.experiments.features)."""
+    got = {}
+    hooks = [model.features.pool5.register_forward_hook(lambda m, i, o: got.__setitem__("pool5", o.flatten(1).clone())),
+             model.classifier.relu7.register_forward_hook(lambda m, i, o: got.__setitem__("relu7", o.clone()))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def _reference_delta(a, b):
+    """Mean over image pairs i < j of the fraction of features whose change a - b differs in sign (numpy)."""
+    s = np.sign((a - b).numpy())
+    n = len(s)
+    return np.mean([np.mean(s[i] != s[j]) for i in range(n) for j in range(i + 1, n)])
+
+
+def test_correspondence_matches_a_reference_written_here():
+    torch.manual_seed(0)
+    model = zfnet(num_classes=10, width=0.125).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 224, 224, generator=g)
+    # centres (x, y); a 24 px square centred there starts at (x - 12, y - 12); the second one is moved inside the
+    # image at its right edge (x0 = 224 - 24 = 200)
+    part = np.array([[100, 60], [220, 30], [50, 150]])
+    corners = [(48, 88), (18, 200), (138, 38)]   # (y0, x0), by hand
+    res = C.correspondence(model, x, {"p": part}, size=24, n_random=2, jitter=0, seed=3)
+    base = _reference_features(model, x)
+    occ = x.clone()
+    for i, (y0, x0) in enumerate(corners):
+        occ[i, :, y0:y0 + 24, x0:x0 + 24] = 0
+    feats = _reference_features(model, occ)
+    for n in ("pool5", "relu7"):
+        want = _reference_delta(base[n], feats[n])
+        assert 0.05 < want < 0.95   # a case where the signs really differ between images
+        assert res["rows"]["p"][n]["mean"] == pytest.approx(want, abs=1e-6)
+    # the random control: one location per draw, the same in every image, inside the image
+    rc = res["random_centres"]
+    assert rc.shape == (2, 2) and (rc >= 12).all() and (rc <= 224 - 12).all()
+    for n in ("pool5", "relu7"):
+        want = []
+        for cx, cy in rc:
+            y0, x0 = int(np.round(cy - 12)), int(np.round(cx - 12))
+            occ = x.clone()
+            occ[:, :, y0:y0 + 24, x0:x0 + 24] = 0
+            want.append(_reference_delta(base[n], _reference_features(model, occ)[n]))
+        np.testing.assert_allclose(res["rows"]["random"][n]["values"], want, atol=1e-6)
+        assert res["rows"]["random"][n]["mean"] == pytest.approx(np.mean(want), abs=1e-6)
+        assert res["rows"]["random"][n]["std"] == pytest.approx(np.std(want), abs=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # occlusion: the grid and the sweep against a pixel-sum "network"
 
@@ -97,10 +151,21 @@ def test_occlusion_on_model_shapes_and_probabilities():
     assert res["activation"].shape == res["p_true"].shape == res["top_label"].shape == (3, 3)
     assert res["probs"].shape == (3, 3, 10)
     np.testing.assert_allclose(res["probs"].sum(-1), 1, atol=1e-5)
-    assert ((res["p_true"] >= 0) & (res["p_true"] <= 1)).all()
-    # the unit is the map holding the largest relu5 activation
+    # every grid cell equals a direct evaluation of the image occluded there (0 = the data mean), written here
     from zf.deconv import activations
 
+    for i, y in enumerate([0, 56, 112]):
+        for j, xx in enumerate([0, 56, 112]):
+            occ = x.clone()
+            occ[:, y:y + 112, xx:xx + 112] = 0
+            with torch.no_grad():
+                p = torch.softmax(model(occ[None]), 1)[0].numpy()
+            np.testing.assert_allclose(res["probs"][i, j], p, rtol=1e-4, atol=1e-6)
+            assert res["p_true"][i, j] == pytest.approx(p[2], rel=1e-4, abs=1e-7)
+            assert res["top_label"][i, j] == p.argmax()
+            a = activations(model, occ[None], 5)[0, res["unit"]].sum().item()
+            assert res["activation"][i, j] == pytest.approx(a, rel=1e-4)
+    # the unit is the map holding the largest relu5 activation
     a = activations(model, x[None], 5)[0]
     assert a[res["unit"]].max() == a.max() and res["base_activation"] == pytest.approx(a[res["unit"]].sum().item())
 
@@ -151,7 +216,7 @@ def test_invariance_identity_gives_zero_distance():
 # each experiment config, tiny, end to end
 
 
-def run_experiment(name, tmp_path, overrides):
+def run_experiment(name, tmp_path, overrides, data):
     from hydra import compose, initialize_config_dir
 
     from zf.tasks import dispatch
@@ -159,31 +224,42 @@ def run_experiment(name, tmp_path, overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("run", overrides=[f"experiment={name}", "model.checkpoint=null", "logger=none",
                                         f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
-                                        f"data.root={DATA}", "progress=false", "dpi=40"] + overrides)
+                                        f"data.root={data}", "progress=false", "dpi=40"] + overrides)
     assert cfg.task._target_ == f"zf.tasks.{name}"
     return dispatch(cfg)
 
 
-@needs_data
-def test_occlusion_experiment(tmp_path):
-    run_experiment("occlusion", tmp_path, ["occlusion.images=[n03445777/ILSVRC2012_val_00022792.JPEG]",
+def test_occlusion_experiment(tmp_path, imagenette):
+    drop = run_experiment("occlusion", tmp_path, ["occlusion.images=[n03445777/ILSVRC2012_val_00022792.JPEG]",
                                            "occlusion.size=112", "occlusion.stride=56", "data.limit=4", "k=2",
-                                           "mine_layers=[5]", "occlusion.grey=128"])
+                                           "mine_layers=[5]", "occlusion.grey=128"], imagenette)
     p = np.load(tmp_path / "p_true.npy")
-    assert p.shape == (1, 3, 3) and ((p >= 0) & (p <= 1)).all()
-    assert np.load(tmp_path / "activation.npy").shape == (1, 3, 3)
+    probs = np.load(tmp_path / "probs.npy").astype(np.float32)
     lab = np.load(tmp_path / "top_label.npy")
-    assert lab.shape == (1, 3, 3) and lab.min() >= 0 and lab.max() < 10
+    assert p.shape == lab.shape == np.load(tmp_path / "activation.npy").shape == (1, 3, 3)
     s = json.loads((tmp_path / "occlusion.json").read_text())
     assert s["layer"] == "relu5" and s["images"][0]["class"] == "golf ball" and s["xs"] == [0, 56, 112]
+    label = s["classes"].index("n03445777")   # golf ball
+    assert s["images"][0]["label"] == label
+    # p(true) is the golf-ball column of the stored probabilities (float16), the top label their argmax
+    np.testing.assert_allclose(p[0], probs[0, ..., label], atol=1e-3)
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-2)
+    assert (np.take_along_axis(probs, lab[..., None], -1)[..., 0] >= probs.max(-1) - 1e-3).all()
+    # grey 128 in normalised units, per channel, from the ImageNet mean and std
+    np.testing.assert_allclose(s["fill_normalised"], [(128 / 255 - m) / sd for m, sd in
+                                                      [(0.485, 0.229), (0.456, 0.224), (0.406, 0.225)]], rtol=1e-5)
+    im = s["images"][0]
+    iy, ix = np.unravel_index(np.argmin(p[0]), (3, 3))
+    assert im["min_p_true"] == pytest.approx(p[0].min()) and im["min_p_true_corner"] == [56 * iy, 56 * ix]
+    assert im["labels_seen"] == sorted({s["class_names"][c] for c in lab.ravel().tolist()})
+    assert drop == pytest.approx(im["base_p_true"] - p[0].min())
     assert (tmp_path / "figures" / "occlusion.png").stat().st_size > 1000
 
 
-@needs_data
-def test_invariance_experiment(tmp_path):
+def test_invariance_experiment(tmp_path, imagenette):
     run_experiment("invariance", tmp_path, ["invariance.images=[n03028079/ILSVRC2012_val_00004912.JPEG]",
                                             "invariance.translate=[-20,20,20]", "invariance.scale=[0.5,1,0.5]",
-                                            "invariance.rotate=[0,90,90]"])
+                                            "invariance.rotate=[0,90,90]"], imagenette)
     z = np.load(tmp_path / "invariance.npz")
     np.testing.assert_allclose(z["translate_amounts"], [-20, 0, 20])
     # identity amounts: zero distance up to float noise of a different batch composition
@@ -191,23 +267,44 @@ def test_invariance_experiment(tmp_path):
     assert z["translate_distance_norm1"][0, 1] < 1e-4 * z["translate_distance_norm1"].max()
     assert z["scale_distance_relu7"][0, 1] < 1e-3 * z["scale_distance_relu7"].max()
     assert z["rotate_distance_relu7"][0, 0] < 1e-3 * z["rotate_distance_relu7"].max()
-    p = z["rotate_p_true"]
-    assert ((p >= 0) & (p <= 1)).all()
     s = json.loads((tmp_path / "invariance.json").read_text())
     assert s["layers"] == ["norm1", "relu7"]
+    # the identity amounts (translate 0, scale 1, rotate 0) give the original image's p(true class)
+    for kind, j in [("translate", 1), ("scale", 1), ("rotate", 0)]:
+        orig = s["transforms"][kind]["p_true_original"][0]
+        assert z[f"{kind}_p_true"][0, j] == pytest.approx(orig, rel=1e-4, abs=1e-6)
+        assert s["transforms"][kind]["mean_p_true"] == pytest.approx(z[f"{kind}_p_true"].mean(), rel=1e-6)
+    assert s["transforms"]["rotate"]["max_distance"]["relu7"] == pytest.approx(z["rotate_distance_relu7"].max(),
+                                                                              rel=1e-6)
     assert (tmp_path / "invariance.csv").read_text().count("\n") == 1 + 3 + 2 + 2   # header + translate, scale, rotate rows
     assert (tmp_path / "figures" / "invariance.png").is_file()
 
 
-@needs_data
-def test_correspondence_experiment(tmp_path):
-    run_experiment("correspondence", tmp_path, ["correspondence.n_random=2", "correspondence.jitter=0"])
-    rows = json.loads((tmp_path / "table1.json").read_text())["rows"]
+def test_correspondence_experiment(tmp_path, imagenette):
+    gap = run_experiment("correspondence", tmp_path, ["correspondence.n_random=2", "correspondence.jitter=0"],
+                         imagenette)
+    t = json.loads((tmp_path / "table1.json").read_text())
+    rows = t["rows"]
     assert [r["occluded"] for r in rows] == ["right_eye", "left_eye", "nose", "random"]
+    n_img = len(t["images"])
     for r in rows:
-        assert 0 <= r["pool5_mean"] <= 1 and 0 <= r["relu7_mean"] <= 1
-        assert r["paper_l5_mean"] == C.PAPER_TABLE1[r["occluded"]][0]
+        v = t["values"][r["occluded"]]
+        for n in ("pool5", "relu7"):
+            assert len(v[n]["pairs"]) == n_img * (n_img - 1) // 2
+            # jitter=0: a part's mean is its pairs' mean and its std theirs; the random rows' are over the 2 draws
+            if r["occluded"] == "random":
+                assert len(v[n]["values"]) == 2 and r[f"{n}_mean"] == pytest.approx(np.mean(v[n]["values"]))
+                assert r[f"{n}_std"] == pytest.approx(np.std(v[n]["values"]))
+            else:
+                assert r[f"{n}_mean"] == pytest.approx(np.mean(v[n]["pairs"]))
+                assert r[f"{n}_std"] == pytest.approx(np.std(v[n]["pairs"]))
+        assert (r["paper_l5_mean"], r["paper_l7_mean"]) == PAPER_TABLE1_MEANS[r["occluded"]]
+    parts = np.mean([r["relu7_mean"] for r in rows[:3]])
+    assert gap == pytest.approx(rows[3]["relu7_mean"] - parts)
     md = (tmp_path / "table1.md").read_text()
+    for r in rows:   # ours in the layer-5 column, the paper's beside it, ours in the layer-7 column
+        assert (f"| {r['occluded']} | {r['pool5_mean']:.3f} +- {r['pool5_std']:.3f} | "
+                f"{r['paper_l5_mean']:.3f} +- {r['paper_l5_std']:.3f} | {r['relu7_mean']:.3f} +- ") in md
     assert "| nose |" in md and "0.079 +- 0.017" in md
     assert (tmp_path / "table1.csv").read_text().count("\n") == 5
     assert (tmp_path / "figures" / "correspondence.png").is_file()

@@ -26,8 +26,8 @@ def small_model() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    return ImageDataset(VAL, limit=23, subset_seed=3)
+def dataset(imagenette_val):
+    return ImageDataset(imagenette_val, limit=23, subset_seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def run(args: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def five_layer_run(tmp_path_factory):
+def five_layer_run(tmp_path_factory, imagenette):
     out = tmp_path_factory.mktemp("run5")
     cache = tmp_path_factory.mktemp("cache")
     p = run(["layer=[1,2,3,4,5]", "data.limit=14", "k=3", "overview_units=4", f"hydra.run.dir={out}",
@@ -160,7 +160,7 @@ def test_flat_folder_of_odd_images_and_all_methods(tmp_path):
 
 
 @pytest.mark.parametrize("model, layer, rf", [("alexnet", "2", 51), ("vgg16", "conv2_1", 10)])
-def test_torchvision_models_run_end_to_end(tmp_path, model, layer, rf):
+def test_torchvision_models_run_end_to_end(tmp_path, model, layer, rf, imagenette):
     run([f"model={model}", f"layer={layer}", "units=[0,1]", "data.limit=4", "k=2", "data.size=96",
          f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY[2:]])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -169,7 +169,7 @@ def test_torchvision_models_run_end_to_end(tmp_path, model, layer, rf):
     assert np.load(tmp_path / "layers" / name / "deconvnet.npy").shape == (2, 2, 3, rf, rf)
 
 
-def test_sweep_gives_one_run_directory_per_job(tmp_path):
+def test_sweep_gives_one_run_directory_per_job(tmp_path, imagenette):
     run(["-m", "layer=1,2", "data.limit=6", "k=2", "units=[0]", "gallery=false", f"hydra.sweep.dir={tmp_path}",
          f"paths.cache_dir={tmp_path / 'cache'}", *TINY])
     dirs = sorted(p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
@@ -182,7 +182,9 @@ def test_sweep_gives_one_run_directory_per_job(tmp_path):
     ("data.root=/nonexistent/folder", "does not exist"),
     ("model.checkpoint=BAD", "do not fit"),
 ])
-def test_bad_input_fails_with_a_clear_message(tmp_path, override, message):
+def test_bad_input_fails_with_a_clear_message(tmp_path, override, message, request):
+    if not override.startswith("data.root"):
+        request.getfixturevalue("imagenette")  # the other two read the default data before they fail
     args = [override, "data.limit=4", f"hydra.run.dir={tmp_path / 'o'}", f"paths.cache_dir={tmp_path / 'c'}",
             *TINY]
     if override.endswith("BAD"):

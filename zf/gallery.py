@@ -5,9 +5,11 @@ and their deconvnet projections, here for every unit rather than a chosen few).
 
 writes, next to the run's arrays (layout: ``zf.results``)::
 
-    <run>/gallery/index.html            layers of the run; model, data, methods, date (from summary.json)
+    <run>/gallery/index.html            layers of the run (with their dead units); model, data, methods, date
+                                        (from summary.json); the unreadable images the run skipped, listed
     <run>/gallery/layer_<layer>.html    grid of every unit: rank-0 projection + patch, largest activation;
-                                        sort by unit / activation, filter by unit numbers, method toggle
+                                        sort by unit / activation / dead first, filter by unit numbers and by
+                                        live / dead, method toggle; dead units carry a badge
     <run>/gallery/unit_<layer>.html     one page per layer showing one unit, chosen by the hash
                                         (``#u=<unit>&m=<method>``): 3x3 projections beside 3x3 patches, each with its
                                         activation and source image; click one for the source with its receptive
@@ -72,9 +74,19 @@ def _number(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def dead_units(topk: TopK, info: dict) -> tuple[set[int], str]:
+    """The units of a layer that never fire on the data, and where that came from: summary.json's ``dead_units``
+    for the layer when it lists them, else the table itself (a unit whose largest activation is not > 0: its
+    "top k" are ties at zero, broken by image index, so its patches say nothing about it)."""
+    if info.get("dead_units") is not None:
+        return {int(u) for u in info["dead_units"]}, "summary.json"
+    return {int(u) for u, a in zip(topk.units.tolist(), topk.activation[:, 0]) if not a > 0}, "topk.npz"
+
+
 def layer_data(run: Path, layer: str, summary: dict, image_paths: list[str]) -> dict:
     """The table one layer's pages need, as plain JSON: per unit, per rank, activation, image id, source name,
-    box (y0, y1, x0, x1, unclipped) and which PNGs exist.  Flags are strings of '0'/'1', one character per rank."""
+    box (y0, y1, x0, x1, unclipped) and which PNGs exist.  Flags are strings of '0'/'1', one character per rank.
+    ``d`` is 1 for a dead unit (``dead_units``)."""
     topk = TopK.load(layer_dir(run, layer) / "topk.npz")
     methods = list(summary.get("methods", []))
     info = summary.get("layers", {}).get(layer, {})
@@ -83,6 +95,7 @@ def layer_data(run: Path, layer: str, summary: dict, image_paths: list[str]) -> 
     projections = {m: _pngs(ldir / m) for m in methods}
     figures = _pngs(ldir / "units")
     sources = {n for n in os.listdir(run / "sources")} if (run / "sources").is_dir() else set()
+    dead, dead_from = dead_units(topk, info)
 
     units = []
     for i, u in enumerate(topk.units.tolist()):
@@ -98,6 +111,7 @@ def layer_data(run: Path, layer: str, summary: dict, image_paths: list[str]) -> 
             "m": {m: "".join("1" if ids[r] >= 0 and f"u{u:04d}_r{r}.png" in projections[m] else "0" for r in ranks)
                   for m in methods},
             "f": [m for m in methods if f"u{u:04d}_{m}.png" in figures],
+            "d": int(u in dead),
         })
     used = sorted({i for unit in units for i in unit["i"] if i >= 0})
     return {
@@ -109,6 +123,8 @@ def layer_data(run: Path, layer: str, summary: dict, image_paths: list[str]) -> 
         "channels": info.get("channels"),
         "methods": methods,
         "model": summary.get("model"),
+        "n_dead": sum(unit["d"] for unit in units),
+        "dead_from": dead_from,
         "units": units,
         "layer_page": layer_page(layer),
         "unit_page": unit_page(layer),
@@ -137,7 +153,7 @@ def _page(title: str, body: str, scripts: list[str] = ()) -> str:
 """
 
 
-def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str]) -> str:
+def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str], n_dead: dict) -> str:
     e = html.escape
     methods = summary.get("methods", [])
     meta = [
@@ -159,9 +175,18 @@ def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str])
         lrows.append(
             f'<tr><td><a class="layer-link" href="{quote(layer_page(layer))}">{e(layer)}</a></td>'
             f'<td>{e(str(d.get("units", "")))}</td><td>{e(str(d.get("channels", "")))}</td>'
-            f'<td>{e(str(d.get("rf", "")))}</td><td>{e(str(d.get("stride", "")))}</td></tr>\n')
+            f'<td>{e(str(d.get("rf", "")))}</td><td>{e(str(d.get("stride", "")))}</td>'
+            f'<td class="dead-count">{n_dead.get(layer, 0)}</td></tr>\n')
     for layer in missing:
-        lrows.append(f'<tr class="missing"><td>{e(layer)}</td><td colspan="4">no topk.npz: not mined</td></tr>\n')
+        lrows.append(f'<tr class="missing"><td>{e(layer)}</td><td colspan="5">no topk.npz: not mined</td></tr>\n')
+    skipped = [str(p) for p in summary.get("skipped", [])]
+    if skipped:
+        items = "".join(f"<li>{e(p)}</li>\n" for p in skipped)
+        skipped_html = (f'<h2>Skipped images ({len(skipped)})</h2>\n<p class="sub">These files could not be read '
+                        f'and were left out of the mining: replace or remove them and re-run.</p>\n'
+                        f'<ul class="skipped" id="skipped">\n{items}</ul>')
+    else:
+        skipped_html = ('<p class="sub" id="skipped-none">No images were skipped.</p>')
     body = f"""<header><h1>{e(str(summary.get("model", "run")))} &middot; unit gallery</h1>
 <p class="sub">{e(run.parent.name + "/" + run.name)}: top-{e(str(summary.get("k", "")))} patches and their projections for every mined unit
 (Zeiler &amp; Fergus 2014, Fig. 2).</p></header>
@@ -169,8 +194,9 @@ def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str])
 <table class="meta" id="meta">{rows}</table>
 <h2>Layers</h2>
 <table class="layers" id="layers"><thead><tr><th>layer</th><th>units</th><th>channels</th><th>receptive field</th>
-<th>stride</th></tr></thead><tbody>
+<th>stride</th><th>dead units</th></tr></thead><tbody>
 {"".join(lrows)}</tbody></table>
+{skipped_html}
 </main>"""
     return _page(f"{summary.get('model', 'run')} gallery", body)
 
@@ -181,7 +207,10 @@ def _layer_html(layer: str) -> str:
 <h1>layer {e(layer)}</h1><p class="sub" id="layer-meta"></p>
 <div class="controls">
 <label>sort <select id="sort"><option value="unit">unit number</option>
-<option value="act">largest activation</option></select></label>
+<option value="act">largest activation</option>
+<option value="dead">dead units first</option></select></label>
+<label>show <select id="show"><option value="all">all units</option><option value="live">live units</option>
+<option value="dead">dead units</option></select></label>
 <label>units <input id="filter" type="search" placeholder="e.g. 12 or 3-40, 96" size="18"></label>
 <span id="methods" class="methods"></span>
 <span id="count" class="count"></span>
@@ -195,6 +224,8 @@ def _unit_html(layer: str) -> str:
     body = f"""<header><a href="index.html">&larr; index</a> &middot; <a id="back" href="{quote(layer_page(layer))}">layer
 {e(layer)}</a>
 <h1>layer {e(layer)} &middot; unit <span id="unit-number"></span> <span id="unit-pos" class="sub"></span></h1>
+<p id="dead-note" class="dead-note" hidden><span class="badge dead">dead</span> never fires on this data: its
+largest activation is 0, so the images below are ties broken by index, not what the unit responds to.</p>
 <div class="controls">
 <a id="prev" title="previous unit (ArrowLeft or k)">&larr; prev</a>
 <a id="next" title="next unit (ArrowRight or j)">next &rarr;</a>
@@ -221,7 +252,8 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
         "model" (str), "checkpoint" (str or null), "data" (str), "transform" (dict), "methods" (list of str,
         e.g. ["deconvnet", "guided", "gradient"]; the sub-directory name of each method's PNGs), "k" (int),
         "layers" ({name: {"rf": int, "stride": int, "units": int, "channels": int}}), "date" (ISO str),
-        "n_images" (int), "skipped" (list of str).
+        "n_images" (int), "skipped" (list of str, listed on the index); per layer optionally "dead_units" (list
+        of int: marked in the grid and on the unit page; computed from the table where absent).
 
     Only "layers" and "methods" are needed to build; the rest is shown on the index when present.
 
@@ -250,12 +282,14 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
     out.mkdir(exist_ok=True)
     for name in STATIC_FILES:
         shutil.copyfile(STATIC / name, out / name)
+    n_dead = {}
     for layer in layers:
         data = layer_data(run, layer, summary, image_paths)
+        n_dead[layer] = data["n_dead"]
         blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
         (out / data_script(layer)).write_text(f"window.ZF_LAYER = {blob};\n", encoding="utf-8")
         (out / layer_page(layer)).write_text(_layer_html(layer), encoding="utf-8")
         (out / unit_page(layer)).write_text(_unit_html(layer), encoding="utf-8")
     index = out / "index.html"
-    index.write_text(_index_html(run, summary, layers, missing), encoding="utf-8")
+    index.write_text(_index_html(run, summary, layers, missing, n_dead), encoding="utf-8")
     return index

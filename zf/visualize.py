@@ -9,13 +9,15 @@ for viewing.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import Normalize
+from .errors import ConfigError
 from .deconv import project_windows
 from .plotting import image_grid
 from .results import TopK
@@ -39,25 +41,63 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, fill: float = 128) -> 
     return torch.where(ok, out, torch.tensor(fill, dtype=images.dtype))
 
 
-def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", percentile: float = 99.5) -> np.ndarray:
+def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", percentile: float = 99.5,
+            stats: dict | None = None) -> np.ndarray:
     """Projections (..., 3, s, s) float -> (..., s, s, 3) uint8 for viewing, each stretched on its own.
 
     ``symmetric``: zero is mid-grey and the ``percentile``-th percentile of the magnitudes reaches black or white
     (larger values saturate; sign stays visible).  A few isolated extreme pixels would otherwise leave the rest of the
-    projection grey; 100 gives the plain max stretch.  ``minmax``: the projection's own range maps to 0..255."""
-    p = projection.detach().cpu().float().numpy() if isinstance(projection, torch.Tensor) else \
-        np.asarray(projection, np.float32)
+    projection grey; 100 gives the plain max stretch.  ``minmax``: the projection's own range maps to 0..255.
+
+    Any scale displays the same (real networks give values of 1e3-1e5; the stretch is computed in float64).
+    Non-finite values (a float16 overflow gives inf, a broken model NaN) are left out of each projection's stretch
+    and drawn explicitly: +inf white, -inf black, NaN mid-grey.  They are counted and reported with a warning, never
+    drawn silently; ``stats`` (a dict, optional) receives ``nonfinite`` (values), ``nan``, ``posinf``, ``neginf`` and
+    ``nonfinite_projections`` (how many of the projections hold any)."""
+    p = projection.detach().cpu().double().numpy() if isinstance(projection, torch.Tensor) else \
+        np.asarray(projection, np.float64)
+    if p.ndim < 3:
+        raise ValueError(f"display: projections must be (..., 3, s, s), got shape {p.shape}")
     axes = (-3, -2, -1)
+    nan, posinf, neginf = np.isnan(p), np.isposinf(p), np.isneginf(p)
+    bad = nan | posinf | neginf
+    n_bad = int(bad.sum())
+    if n_bad:
+        p = np.where(bad, 0.0, p)
     if mode == "symmetric":
         flat = np.abs(p).reshape(*p.shape[:-3], -1)
-        m = np.percentile(flat, percentile, axis=-1)[..., None, None, None] if flat.size else flat
-        v = 0.5 + p / np.maximum(2 * m, 1e-12)
+        if n_bad:  # the percentile of the finite values only
+            flat = np.where(bad.reshape(flat.shape), np.nan, flat)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN projections: m = NaN, replaced below
+                m = np.nanpercentile(flat, percentile, axis=-1) if flat.size else flat
+            m = np.nan_to_num(m, nan=0.0)
+        else:
+            m = np.percentile(flat, percentile, axis=-1) if flat.size else flat
+        m = np.asarray(m)[..., None, None, None] if flat.size else m
+        v = 0.5 + p / np.maximum(2 * m, 1e-300)
     elif mode == "minmax":
-        lo, hi = p.min(axis=axes, keepdims=True), p.max(axis=axes, keepdims=True)
-        v = (p - lo) / np.maximum(hi - lo, 1e-12)
+        lo = np.where(bad, np.inf, p).min(axis=axes, keepdims=True) if p.size else p
+        hi = np.where(bad, -np.inf, p).max(axis=axes, keepdims=True) if p.size else p
+        lo, hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
+        v = (p - lo) / np.maximum(hi - lo, 1e-300)
     else:
-        raise ValueError(f"display mode {mode!r}: use symmetric or minmax")
+        raise ConfigError(f"display mode {mode!r}: use display=symmetric or display=minmax")
+    if n_bad:
+        v = np.where(posinf, 1.0, np.where(neginf, 0.0, np.where(nan, 0.5, v)))
     v = np.clip(v * 255 + 0.5, 0, 255).astype(np.uint8)
+    if stats is not None or n_bad:
+        per = bad.reshape(*bad.shape[:-3], -1).any(-1) if bad.ndim > 3 else bad.any()
+        info = {"nonfinite": n_bad, "nan": int(nan.sum()), "posinf": int(posinf.sum()),
+                "neginf": int(neginf.sum()), "nonfinite_projections": int(np.sum(per)),
+                "projections": int(np.prod(p.shape[:-3], dtype=np.int64))}
+        if stats is not None:
+            stats.update(info)
+        if n_bad:
+            warnings.warn(f"display: {n_bad} non-finite values ({info['nan']} NaN, {info['posinf']} +inf, "
+                          f"{info['neginf']} -inf) in {info['nonfinite_projections']} of {info['projections']} "
+                          "projections, drawn as +inf white, -inf black, NaN grey; compute projections in float32 "
+                          "(float16 overflows above 65504)", stacklevel=2)
     return np.moveaxis(v, -3, -1)
 
 
@@ -152,26 +192,71 @@ def unit_image(patches: np.ndarray, projections: np.ndarray, mode: str = "symmet
     return out
 
 
+#: Text colour and frame of a dead unit (one that never fired on the data) in the figures.
+DEAD_COLOUR = "#c62828"
+
+
 def overview_figure(patches: np.ndarray, projections: np.ndarray, units: Sequence[int], title: str = "",
-                    mode: str = "symmetric", ncols: int | None = None):
+                    mode: str = "symmetric", ncols: int | None = None, dpi: float = 110,
+                    dead: Collection[int] = (), min_tile_px: int = 240):
     """Fig. 2 of the paper for one layer: for each unit, its k projections beside its k patches.
 
-    patches (U, k, s, s, 3) uint8, projections (U, k, 3, s, s).  Returns (fig, ax)."""
+    patches (U, k, s, s, 3) uint8, projections (U, k, 3, s, s).  Returns (fig, axes) with axes (rows, cols).
+
+    Every pixel is shown: the figure is sized from the tiles and ``dpi`` (pass the dpi it will be saved at) so
+    that each unit's tile (``unit_image``) is drawn at its native size, or enlarged by a whole factor (nearest,
+    exact) until it is at least ``min_tile_px`` wide (layer 1's 7 px fields).  Saved at another dpi, matplotlib's
+    antialiasing filter resamples it (never nearest-neighbour subsampling, which turns fine structure into
+    speckle).  ``dead``: units that never fired on the data; their title says so and their tile is framed in red
+    (their patches are arbitrary images, not what the unit responds to)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    units = [int(u) for u in units]
+    dead = {int(u) for u in dead}
     tiles = [unit_image(p, q, mode) for p, q in zip(patches, projections)]
-    ncols = ncols or int(np.ceil(np.sqrt(len(tiles))))
-    nrows = int(np.ceil(len(tiles) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 1.75 * nrows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, tile, u in zip(axes.flat, tiles, units):
-        ax.imshow(tile, interpolation="nearest")
-        ax.set_title(f"unit {u}", fontsize=8)
+    ncols = max(1, ncols or int(np.ceil(np.sqrt(len(tiles)))))
+    nrows = max(1, int(np.ceil(len(tiles) / ncols)))
+    th, tw = (tiles[0].shape[:2] if tiles else (1, 1))
+    zoom = max(1, int(np.ceil(min_tile_px / tw)))
+    tiles = [t.repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else t for t in tiles]
+    th, tw = th * zoom, tw * zoom
+    shown_dead = sorted(dead & set(units[:len(tiles)]))
+    if shown_dead:
+        title = (title + " \u00b7 " if title else "") + f"{len(shown_dead)} dead unit(s) marked in red"
+    # the layout in pixels at ``dpi``: a title band over each tile, a gap around, a band for the figure title
+    pt = dpi / 72
+    label_h, gap = int(np.ceil(14 * pt)), int(np.ceil(8 * pt))
+    top = int(np.ceil(22 * pt)) if title else 0
+    w = ncols * (tw + gap) + gap
+    h = top + nrows * (th + label_h + gap) + gap
+    fig = plt.figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+    axes = np.empty((nrows, ncols), dtype=object)
+    for i in range(nrows * ncols):
+        r, c = divmod(i, ncols)
+        x0 = gap + c * (tw + gap)
+        y0 = h - top - (r + 1) * (th + label_h + gap) + gap  # from the bottom, in pixels
+        ax = fig.add_axes((x0 / w, y0 / h, tw / w, th / h))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        axes[r, c] = ax
+        if i >= len(tiles):
+            ax.axis("off")
+            continue
+        u = units[i]
+        # 'antialiased': nearest at exactly 1x and 2x (this dpi), a Hanning filter at any other scale
+        ax.imshow(tiles[i], interpolation="antialiased", aspect="equal")
+        for side in ax.spines.values():
+            side.set_visible(u in dead)
+            side.set_color(DEAD_COLOUR)
+            side.set_linewidth(2)
+        if u in dead:
+            ax.set_title(f"unit {u}: dead, never fires on this data (patches not meaningful)", fontsize=8,
+                         color=DEAD_COLOUR)
+        else:
+            ax.set_title(f"unit {u}", fontsize=8)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, y=1 - (4 * pt) / h, va="top", fontsize=11)
     return fig, axes

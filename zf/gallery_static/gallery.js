@@ -74,6 +74,9 @@
       box.appendChild(b);
     });
   }
+  // A dead unit never fired on the data: its "top k" are ties at zero, so its pictures are marked as not meaningful.
+  var DEAD_TITLE = "dead: never fires on this data (its patches are ties at zero, not what it responds to)";
+  function deadBadge() { return el("span", { "class": "badge dead", title: DEAD_TITLE }, "dead"); }
   function pickMethod(m) { return D.methods.indexOf(m) >= 0 ? m : (D.methods[0] || ""); }
   function unitHref(u, m) { return encodeURI(D.unit_page) + makeHash({ u: u, m: m }); }
 
@@ -93,17 +96,20 @@
   // ---- layer page: a grid of every unit ------------------------------------------------------------------------
   function layerPage() {
     var grid = document.getElementById("grid"), sortSel = document.getElementById("sort");
+    var showSel = document.getElementById("show");
     var filter = document.getElementById("filter"), count = document.getElementById("count");
     var h = readHash(), method = pickMethod(h.m);
     document.getElementById("layer-meta").textContent = D.units.length + " units" +
       (D.channels ? " of " + D.channels + " channels" : "") + (D.rf ? " \u00b7 receptive field " + D.rf + " px" : "") +
-      (D.stride ? " \u00b7 stride " + D.stride : "") + " \u00b7 top " + D.k + (D.model ? " \u00b7 " + D.model : "");
+      (D.stride ? " \u00b7 stride " + D.stride : "") + " \u00b7 top " + D.k + (D.model ? " \u00b7 " + D.model : "") +
+      " \u00b7 " + (D.n_dead || 0) + " dead";
 
     var cells = D.units.map(function (unit) {
       var act = maxAct(unit);
-      var cell = el("a", { "class": "cell", href: unitHref(unit.u, method), "data-unit": unit.u,
-                           "data-act": act === null ? "" : act, title: "unit " + unit.u });
-      var thumbs = el("div", { "class": "thumbs" });
+      var cell = el("a", { "class": "cell" + (unit.d ? " dead" : ""), href: unitHref(unit.u, method),
+                           "data-unit": unit.u, "data-act": act === null ? "" : act, "data-dead": unit.d ? "1" : "0",
+                           title: "unit " + unit.u + (unit.d ? ": " + DEAD_TITLE : "") });
+      var thumbs = el("div", { "class": "thumbs" + (unit.d ? " not-meaningful" : "") });
       var proj = method ? picture(projSrc(method, unit.u, 0), has(unit.m[method], 0), "thumb proj",
                                   "unit " + unit.u + " " + method, true) : null;
       if (proj) thumbs.appendChild(proj);
@@ -111,6 +117,7 @@
       cell.appendChild(thumbs);
       var cap = el("div", { "class": "cap" });
       cap.appendChild(el("span", { "class": "unit" }, String(unit.u)));
+      if (unit.d) cap.appendChild(deadBadge());
       cap.appendChild(el("span", { "class": "act" }, fmt(act)));
       cell.appendChild(cap);
       cell._unit = unit;
@@ -124,7 +131,8 @@
 
     function save() {
       history.replaceState(null, "", makeHash({ sort: sortSel.value === "unit" ? "" : sortSel.value,
-                                                f: filter.value.trim(), m: method }));
+                                                f: filter.value.trim(), show: showSel.value === "all" ? "" :
+                                                showSel.value, m: method }));
     }
     function sort() {
       var key = sortSel.value, order = cells.slice();
@@ -135,6 +143,8 @@
           if (b._act === null) return -1;
           return b._act - a._act;
         });
+      } else if (key === "dead") {
+        order.sort(function (a, b) { return (b._unit.d || 0) - (a._unit.d || 0) || a._unit.u - b._unit.u; });
       } else {
         order.sort(function (a, b) { return a._unit.u - b._unit.u; });
       }
@@ -143,8 +153,12 @@
       grid.appendChild(f);
     }
     function applyFilter() {
-      var keep = parseFilter(filter.value), shown = 0;
-      cells.forEach(function (c) { var ok = keep(c._unit.u); c.hidden = !ok; if (ok) shown++; });
+      var keep = parseFilter(filter.value), show = showSel.value, shown = 0;
+      cells.forEach(function (c) {
+        var ok = keep(c._unit.u) && (show === "all" || (show === "dead") === !!c._unit.d);
+        c.hidden = !ok;
+        if (ok) shown++;
+      });
       count.textContent = shown + " of " + cells.length + " units";
     }
     function setMethod(m) {
@@ -160,9 +174,11 @@
       save();
     }
 
-    if (h.sort === "act") sortSel.value = "act";
+    if (h.sort === "act" || h.sort === "dead") sortSel.value = h.sort;
+    if (h.show === "live" || h.show === "dead") showSel.value = h.show;
     if (h.f) filter.value = h.f;
     sortSel.addEventListener("change", function () { sort(); save(); });
+    showSel.addEventListener("change", function () { applyFilter(); save(); });
     filter.addEventListener("input", function () { applyFilter(); save(); });
     methodButtons(method, setMethod);
     sort();
@@ -209,7 +225,9 @@
       document.title = "layer " + D.layer + " unit " + unit.u;
       document.getElementById("unit-number").textContent = String(unit.u);
       document.getElementById("unit-pos").textContent = "(" + (index + 1) + " of " + D.units.length +
-        " \u00b7 max activation " + fmt(maxAct(unit)) + ")";
+        " \u00b7 max activation " + fmt(maxAct(unit)) + (unit.d ? " \u00b7 dead" : "") + ")";
+      document.getElementById("dead-note").hidden = !unit.d;
+      document.querySelector("main.unit").classList.toggle("not-meaningful", !!unit.d);
       document.getElementById("back").setAttribute("href", encodeURI(D.layer_page) + makeHash({ m: method }));
       var prev = document.getElementById("prev"), next = document.getElementById("next");
       [[prev, index - 1], [next, index + 1]].forEach(function (p) {
