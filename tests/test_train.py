@@ -260,7 +260,7 @@ def test_config_composes(experiment, tmp_path, monkeypatch):
         assert (resolved["data"]["resize"], resolved["data"]["size"], t["augment"], t["flip"]) == \
             (256, 224, "random_crop", True)
     if experiment == "default_model":
-        assert resolved["export"] == str(ROOT / "checkpoints" / "zfnet_imagenette.pt")
+        assert resolved["export"] == str(ROOT / "zf" / "weights" / "zfnet_imagenette.pt")
         assert resolved["train"]["sizes"][max(resolved["train"]["sizes"])] == resolved["data"]["size"]
 
 

@@ -303,8 +303,9 @@ def require_loaded(model: nn.Module, prefix: str, what: str) -> None:
     missing = [k for k in getattr(model, "zf_missing", ()) if k.startswith(prefix)]
     if missing:
         source = getattr(model, "zf_weights", "the weights file")
+        part = f"the {prefix.rstrip('.')} ({prefix}*)" if prefix else "every weight of the model"
         raise CheckpointError(
-            f"{what} needs the {prefix.rstrip('.')} ({prefix}*), which stayed random: {source} has no "
+            f"{what} needs {part}, but some stayed random: {source} has no "
             f"{', '.join(_groups(missing, missing))}; pass model.weights=<a file that has them>")
 
 

@@ -90,7 +90,7 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
         Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
     oi = [units.index(u) for u in overview]
     fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
-                             mode=display_mode)
+                             mode=display_mode, dpi=dpi, dead=table.dead)
     return save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
 
 

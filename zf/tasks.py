@@ -27,7 +27,15 @@ def model_from_cfg(cfg: DictConfig, num_classes: int | None = None) -> torch.nn.
         n = 1000
     torch.manual_seed(cfg.seed)  # weights that stay random are the same on every run and process
     return build_model(name=m.name, checkpoint=m.get("checkpoint"), weights=m.get("weights"), num_classes=n,
-                       **plain(m.get("arch") or {}))
+                       arch_name=m.get("arch_name"), target=m.get("target"), **plain(m.get("arch") or {}))
+
+
+def model_info(cfg: DictConfig, model: torch.nn.Module) -> dict:
+    """What a run records of its model: the family and architecture names, and where its weights came from
+    (``weights_random``: parameter names that stayed random because the weights file did not have them)."""
+    return {"model": cfg.model.name, "arch_name": cfg.model.get("arch_name"), "checkpoint": cfg.model.get("checkpoint"),
+            "weights": str(getattr(model, "zf_weights", cfg.model.get("weights"))),
+            "weights_random": list(getattr(model, "zf_missing", []))}
 
 
 def dataset_from_cfg(cfg: DictConfig, split: str | None, limit="data", size: int | None = None,
@@ -81,8 +89,7 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
                        mine_layers=list(cfg.mine_layers or []), batch_size=int(cfg.batch_size),
                        num_workers=int(cfg.num_workers), device=ctx.device, seed=int(cfg.seed), gallery=cfg.gallery,
                        dpi=int(cfg.dpi), tracker=ctx.tracker, progress=cfg.progress,
-                       info={"model": cfg.model.name, "checkpoint": cfg.model.get("checkpoint"),
-                             "weights": cfg.model.get("weights")})
+                       info=model_info(cfg, model))
     return 0.0 if summary is None else list(summary["layers"].values())[-1]["mean_top1_activation"]
 
 
@@ -125,8 +132,11 @@ def occlusion(cfg: DictConfig, ctx: Context) -> float:
     """Fig. 7 (``experiment=occlusion``)."""
     from .experiments import occlusion as xp
 
+    from .models import require_loaded
+
     o = cfg.occlusion
     model, classes, normalize, raw, labels = _experiment_images(cfg, ctx, o.images)
+    require_loaded(model, "", "occlusion (panels (d) and (e) are class probabilities)")
     others = {}
     if o.others:  # panel (c): the unit's mined top-k over the val split, through the main job's mining cache
         dataset, mine = dataset_from_cfg(cfg, "val"), miner(cfg, ctx, normalize_from_cfg(cfg, model)[1], normalize,
@@ -145,6 +155,9 @@ def invariance(cfg: DictConfig, ctx: Context) -> float:
 
     v = cfg.invariance
     model, classes, normalize, raw, labels = _experiment_images(cfg, ctx, v.images)
+    if getattr(model, "zf_missing", None):  # no trained classifier: distances only, p(true class) is NaN
+        print("invariance: part of the model stayed random (summary.json); p(true class) is not computed")
+        labels = [-1] * len(labels)
     return xp.run(model, normalize(raw.to(ctx.device)), labels, list(v.images), classes, ctx.out,
                   {k: v.get(k) for k in xp.KINDS}, [tuple(l) for l in v.layers], batch_size=int(v.batch_size),
                   dpi=int(cfg.dpi), tracker=ctx.tracker)
@@ -156,8 +169,14 @@ def correspondence(cfg: DictConfig, ctx: Context) -> float:
     from .experiments import correspondence as xp
     from .experiments.features import grey_fill
 
+    from .layers import resolve_layer
+    from .models import require_loaded
+
     c = cfg.correspondence
     model, _, normalize, raw, _ = _experiment_images(cfg, ctx, c.images)
+    for layer, tap in c.layers:
+        path = resolve_layer(model, layer, tap).path
+        require_loaded(model, path.split(".")[0] + ".", f"correspondence at {path} (correspondence.layers)")
     return xp.run(model, normalize(raw.to(ctx.device)), raw, list(c.images), plain(c.parts), ctx.out,
                   size=int(c.size), layers=[tuple(l) for l in c.layers], n_random=int(c.n_random),
                   jitter=int(c.jitter), seed=int(cfg.seed), value=grey_fill(c.grey, normalize),

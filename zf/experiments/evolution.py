@@ -1,14 +1,14 @@
 """Feature evolution during training (paper Fig. 4): for a few units of each layer, the strongest activation over the
 training data at each saved epoch, projected to pixels by the deconvnet.  One row per unit, one column per epoch.
 
-    python scripts/run.py experiment=evolution            # reads checkpoints/evolution/features_epochNNN.pt
+    python scripts/run.py experiment=evolution            # reads zf/weights/evolution/features_epochNNN.pt
 
 The snapshots are the small ``features_epochNNN.pt`` files ``zf.train.fit`` writes at ``snapshot_epochs`` (a dict
 ``{"features": fp16 state dict of features.*, "arch": zfnet kwargs, "epoch": int}``); the classifier is not stored
 and not needed (every layer shown is convolutional).  The paper mines "all training examples"; the task mines a
 seeded subset (``evolution.images``) to fit a CPU budget.
 
-    snaps = [load_snapshot(p) for p in find_snapshots("checkpoints/evolution")]
+    snaps = [load_snapshot(p) for p in find_snapshots(EVOLUTION_SNAPSHOTS)]
     res = evolution(snaps, dataset, layers=[1, 2, 3, 4, 5], n_units=3)
     fig, ax = evolution_figure(res)
 """
