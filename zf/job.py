@@ -71,7 +71,8 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         transform: the transform spec (part of the mining cache key and the summary).
         layers: layers to render (numbers, names or module paths); ``mine_layers`` are mined in the same pass and
             cached for later runs. units: channels to render (``None``: all; the overview then shows
-            ``overview_units`` random units that fire, seeded by ``seed``).
+            ``overview_units`` random units among those that fire, seeded by ``seed``; dead units are listed in the
+            summary as ``dead_units`` and marked in the figures and the gallery).
         methods: the first is the main one; the others are computed too (the gallery toggles between them).
         info: extra keys for ``summary.json`` (model name, checkpoint, weights).
     """
@@ -92,7 +93,7 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
     for layer in targets:
         full = tables[layer]
         chosen = [int(u) for u in units] if units is not None else full.units.tolist()
-        overview = chosen if units is not None else _overview(full, overview_units, seed)
+        overview = chosen if units is not None else full.choose_units(overview_units, seed)
         table = selected[layer] = full.select(chosen)
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
                                           seed_mode, norm, display, device, dpi, tracker, progress)
@@ -125,9 +126,3 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
     print(f"written to {out}")
     return summary
 
-
-def _overview(table, n: int, seed: int) -> list[int]:
-    """The overview figure's units: ``n`` random units (seeded), as the run has always chosen them."""
-    rng = np.random.default_rng(seed)
-    all_units = table.units.tolist()
-    return sorted(int(u) for u in rng.choice(all_units, size=min(n, len(all_units)), replace=False))

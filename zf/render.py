@@ -60,11 +60,34 @@ def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, 
     for method in methods:
         patches, proj = unit_views(model, dataset, table, layer, units, method=method, tap=tap, seed=seed_mode,
                                    norm=norm, normalize=normalize, device=device, progress=progress)
-        proj = proj.astype(np.float16)  # what the run keeps, so a re-render (render_run) gives the same pictures
-        np.save(ldir / f"{method}.npy", proj)
+        proj = save_projections(ldir, method, proj)  # what the run keeps: a re-render gives the same pictures
         figs[method] = write_layer_images(out, layer, table, overview, method, patches, proj, display_mode, dpi,
                                           tracker, with_patches=method == methods[0])
     return figs
+
+
+def save_projections(ldir: Path, method: str, proj: np.ndarray) -> np.ndarray:
+    """Store projections (U, k, 3, s, s) compactly and safely: ``<method>.npy`` holds each projection divided by its
+    largest magnitude, as float16 (values in [-1, 1]: no overflow, whatever the network's scale; real networks give
+    1e3-1e5, beyond float16's 65504), and ``<method>_scale.npy`` the float32 factors (U, k).  Returns what a reader
+    of the two files gets back (``load_projections``), so the run draws exactly what a re-render draws."""
+    proj = np.asarray(proj, np.float32)
+    if not np.isfinite(proj).all():
+        raise FloatingPointError(f"{ldir.name}/{method}: {int((~np.isfinite(proj)).sum())} projection values are not "
+                                 "finite (the model's activations overflow float32)")
+    scale = np.abs(proj).reshape(*proj.shape[:2], -1).max(-1) if proj.size else np.zeros(proj.shape[:2], np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    np.save(ldir / f"{method}.npy", (proj / scale[..., None, None, None]).astype(np.float16))
+    np.save(ldir / f"{method}_scale.npy", scale)
+    return load_projections(ldir, method)
+
+
+def load_projections(ldir: Path, method: str) -> np.ndarray:
+    """Projections (U, k, 3, s, s) float32 as ``save_projections`` stored them (runs written before the scale file
+    existed hold plain float16 projections)."""
+    proj = np.load(ldir / f"{method}.npy").astype(np.float32)
+    scale_file = ldir / f"{method}_scale.npy"
+    return proj * np.load(scale_file)[..., None, None, None] if scale_file.is_file() else proj
 
 
 def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], method: str, patches, proj,
@@ -117,7 +140,7 @@ def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int
         patches = read_patches(run, layer, table)
         overview = info.get("overview_units") or table.units.tolist()[:16]
         for method in summary["methods"]:
-            proj = np.load(R.layer_dir(run, layer) / f"{method}.npy")
+            proj = load_projections(R.layer_dir(run, layer), method)
             figs.append(write_layer_images(run, layer, table, overview, method, patches, proj, display_mode, dpi,
                                            with_patches=False))
     if gallery:
@@ -144,4 +167,4 @@ def log_layer(tracker: Tracker, out: Path, layer: str, table: TopK, methods: Seq
                   rows)
     ldir = R.layer_dir(out, layer)
     tracker.artifact(f"topk-{layer}", "topk", [ldir / "topk.npz", ldir / "topk.csv", out / "summary.json"]
-                     + [ldir / f"{m}.npy" for m in methods])
+                     + [ldir / f"{m}{s}.npy" for m in methods for s in ("", "_scale")])

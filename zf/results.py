@@ -11,7 +11,9 @@ the top-k table (``TopK``) and the writers every run uses (``write_csv``, ``save
     <run>/layers/<layer>/topk.csv               one row per (unit, rank): the same, plus the image path
     <run>/layers/<layer>/patches/u<unit:04d>_r<rank>.png     the receptive-field patch (border padding shown grey)
     <run>/layers/<layer>/<method>/u<unit:04d>_r<rank>.png    the projection cropped to the same box, contrast-stretched
-    <run>/layers/<layer>/<method>.npy           float16 (U, k, 3, rf, rf) raw projections in the box (re-rendering)
+    <run>/layers/<layer>/<method>.npy           float16 (U, k, 3, rf, rf) projections in the box, each divided by its
+                                                largest magnitude (re-rendering; ``zf.render.load_projections``)
+    <run>/layers/<layer>/<method>_scale.npy     float32 (U, k): those magnitudes
     <run>/layers/<layer>/units/u<unit:04d>_<method>.png      per-unit figure: 3x3 projections beside 3x3 patches
     <run>/figures/<layer>_<method>.png          the Fig. 2 style overview for a subset of units
 
