@@ -21,12 +21,12 @@ import torch
 
 from . import render
 from .cache import mine_cached
+from .deconv import METHODS
 from .errors import ConfigError
 from .layers import resolve_layer
 from .receptive import receptive_fields
 from .tracking import Tracker
 
-METHODS = ("deconvnet", "guided", "gradient")
 DISPLAYS = ("symmetric", "minmax")
 
 

@@ -81,7 +81,9 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     layers = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
     units = None if cfg.units is None else [int(u) for u in (cfg.units if OmegaConf.is_list(cfg.units)
                                                              else [cfg.units])]
-    methods = [cfg.method] + ([m for m in ("deconvnet", "guided", "gradient") if m != cfg.method]
+    from .deconv import METHODS
+
+    methods = [cfg.method] + ([m for m in METHODS if m != cfg.method]
                               if cfg.compare_methods else [])
     summary = topk_job(model, dataset, normalize.to(ctx.device), transform, layers, ctx.out, cfg.paths.cache_dir,
                        units=units, overview_units=int(cfg.overview_units), k=int(cfg.k), methods=methods,

@@ -1,6 +1,8 @@
 """The paper's analyses, one module per figure or table (and a few beyond it).
 
-Each module takes plain Python arguments (models, datasets, tensors) and returns tensors, arrays or ``(fig, ax)``; it
-never saves.  The Hydra adapters (``<name>_task(cfg)``) live in ``zf.tasks``; run one with
-``python scripts/run.py experiment=<name>``.
+Each module computes with plain Python arguments (models, datasets, tensors) and returns tensors, arrays or
+``(fig, ax)``; its ``run(...)`` does the whole figure or table: computes it, writes its arrays, CSV/JSON and figure
+into a run directory and logs them to W&B.  The Hydra task that reads the config and calls ``run`` is a few lines
+in ``zf.tasks``; run one with ``python scripts/run.py experiment=<name>``.  A new figure is one module here and one
+``configs/experiment/<name>.yaml`` (with ``task: {_target_: zf.tasks.<name>}``) plus its task.
 """

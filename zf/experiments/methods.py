@@ -2,7 +2,7 @@
 
 The three methods differ only in the ReLU rule of the backward pass (``zf.deconv``): the paper's deconvnet rectifies
 the signal, the gradient masks it with the forward ReLU, guided backpropagation (Springenberg et al. 2015) does both.
-The same mined activations (``zf.tasks.mine_cached``) are projected with each, so differences come from the method
+The same mined activations (``zf.cache.mine_cached``) are projected with each, so differences come from the method
 alone.
 
     python scripts/run.py experiment=methods layer=4
