@@ -3,7 +3,6 @@ same table, and two gloo processes merge into the single-process table."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +112,12 @@ def test_interrupted_mining_resumes_to_the_same_table(dataset, reference, tmp_pa
             np.testing.assert_array_equal(getattr(full[L], f), getattr(resumed[L], f))
 
 
-def _worker(rank: int, world: int, port: int, out: str, limit: int) -> None:
+def _worker(rank: int, world: int, rendezvous: str, out: str, limit: int) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous in the test's own folder: no port to pick, so nothing else on the machine can take it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         ds = ImageDataset(VAL, limit=limit, subset_seed=3)
         tables = mine(small_model(), ds, layers=[2, 4], k=5, batch_size=3, progress=False,
@@ -133,11 +132,9 @@ def _worker(rank: int, world: int, port: int, out: str, limit: int) -> None:
 def test_two_process_merge_equals_one_process(dataset, reference, tmp_path):
     model, _ = reference
     single = mine(model, dataset, layers=[2, 4], k=5, batch_size=3, progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "dist.npz"
-    mp.start_processes(_worker, args=(2, port, str(out), len(dataset)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, str(tmp_path / "rendezvous"), str(out), len(dataset)), nprocs=2, join=True,
+                       start_method="spawn")
     got = np.load(out)
     for L, t in single.items():
         for f in ("activation", "image", "y", "x"):

@@ -6,7 +6,6 @@ Everything runs on fabricated data (random-noise JPEGs in tmp_path) and a tiny z
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -161,11 +160,13 @@ DDP_CFG = dict(epochs=3, batch_size=8, lr=0.05, schedule="plateau", plateau_pati
                snapshot_epochs=())
 
 
-def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _ddp_worker(rank, world, rendezvous, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
+    # a file rendezvous in the test's own folder (no port that another process could take); fit() finds the
+    # process group initialised and uses it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         train, val = _tiny_sets()
         fit(_tiny_net(), train, val, out_dir, TrainConfig(**DDP_CFG), resume=False,
@@ -178,11 +179,8 @@ def _ddp_worker(rank, world, port, out_dir):
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "ddp")), nprocs=2,
+                             join=False, start_method="spawn")
     deadline = time.time() + 600
     while not ctx.join(timeout=1):
         if time.time() > deadline:
