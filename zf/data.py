@@ -99,8 +99,9 @@ class ImageDataset(Dataset):
     """``(image uint8 (3, S, S), label, index)`` for every file of ``list_images(root)``.
 
     ``transform`` (optional) maps the uint8 tensor to another tensor (training augmentation).  Unreadable images
-    give ``None`` (dropped by ``collate_skip``) and land in ``skipped``; in worker processes the main process
-    learns of them from the batch's missing indices.
+    give ``None`` (dropped by ``collate_skip``) and land in ``skipped``.  A worker process's ``skipped`` is its own
+    copy: loaders that use workers iterate ``Tagged(dataset)`` and call ``record_skipped`` in the main process
+    (``zf.mining.mine`` and ``zf.train.fit`` do).
     """
 
     def __init__(self, root: str | os.PathLike | ImageList, size: int = 224, resize: int | None = None,
@@ -147,6 +148,53 @@ def collate_skip(batch):
         return None
     xs, ys, idx = zip(*batch)
     return torch.stack(xs), torch.tensor(ys), torch.tensor(idx)
+
+
+class Tagged(Dataset):
+    """``(i, dataset[i])``: each item carries its index, so the process that iterates a ``DataLoader`` learns which
+    items were unreadable (``None``) even when a worker process read them (a worker's ``dataset.skipped`` is its own
+    copy and never reaches the main process).  Use with ``collate_tagged``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]
+
+
+def collate_tagged(batch):
+    """Items of ``Tagged`` -> ``(collate_skip(items), [indices of the unreadable items])``."""
+    return collate_skip([item for _, item in batch]), [int(i) for i, item in batch if item is None]
+
+
+def record_skipped(dataset, indices: Sequence[int]) -> list[str]:
+    """Add the files of the unreadable items ``indices`` of ``dataset`` to ``dataset.skipped`` (once each, in the
+    order met) and return their names: the file path where the dataset has ``path(i)``, else ``"<type>[i]"``."""
+    names = [str(dataset.path(i)) if hasattr(dataset, "path") else f"{type(dataset).__name__}[{i}]"
+             for i in indices]
+    add_skipped(dataset, names)
+    return names
+
+
+def add_skipped(dataset, names: Sequence[str]) -> None:
+    """Append ``names`` to ``dataset.skipped`` (created if missing), without duplicates."""
+    if not names:
+        return
+    skipped = getattr(dataset, "skipped", None)
+    if skipped is None:
+        skipped = []
+        try:
+            dataset.skipped = skipped
+        except AttributeError:
+            return
+    seen = set(skipped)
+    for n in names:
+        if n not in seen:
+            skipped.append(n)
+            seen.add(n)
 
 
 class Normalize(torch.nn.Module):
