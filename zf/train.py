@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .errors import CheckpointError
 from .data import BatchAugment, Normalize, Tagged, add_skipped, collate_tagged, record_skipped
 from .tracking import Tracker
 
@@ -239,7 +240,21 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint (``torch.load(..., weights_only=True)``).  Raises ``CheckpointError`` naming the file
+    when it is missing, truncated or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (or start without resume)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage, or pickled objects other than tensors and plain containers
+        why = ("it holds objects other than tensors and plain containers" if "weights_only" in str(e)
+               else f"truncated or not a file written by torch.save; torch.load raised {type(e).__name__}")
+        raise CheckpointError(f"checkpoint {path} cannot be read ({why}): copy it again, or delete it to start "
+                              "over") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
 
 
 def feature_state(model: nn.Module, half: bool = True) -> dict:
