@@ -199,7 +199,9 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
         if state_file is None:
             return
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_file.with_suffix(".tmp")
+        # the state's own name + .tmp: with_suffix would turn state.rank0 and state.rank1 into the same state.tmp,
+        # which two processes then write and rename over each other
+        tmp = state_file.with_name(state_file.name + ".tmp")
         torch.save({"done": done, "layers": {nm: r.state() for nm, r in running.items()}, "skipped": skipped}, tmp)
         os.replace(tmp, state_file)
 
