@@ -9,8 +9,9 @@ table is the same on every run and on any number of processes.
     tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9)    # {"relu4": TopK, ...}
 
 ``state_path`` makes the pass resumable: the running tables (and the unreadable files met so far) are saved every
-``save_every`` batches or ``save_every_s`` seconds, whichever comes first, and a restarted pass skips what is done.  Under ``torchrun`` each process mines a contiguous shard and the tables are merged
-(``merge``) into exactly the single-process result.
+``save_every`` batches or ``save_every_s`` seconds, whichever comes first, and a restarted pass skips what is done.
+Under ``torchrun`` each process mines a contiguous shard and the tables are merged (``merge``) into exactly the
+single-process result.
 """
 from __future__ import annotations
 

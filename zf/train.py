@@ -366,7 +366,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
                     sched.step()
                 if cfg.clip_radius is not None:
                     clipped += clip_feature_scale_(model, cfg.clip_radius, cfg.clip_layers)
-                tot += torch.tensor([float(loss.detach()) * len(y), float((out.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
+                tot += torch.tensor([float(loss.detach()) * len(y), float((out.argmax(1) == y).sum()), len(y)],
+                                    dtype=torch.float64)
             if world > 1:
                 tot = tot.to(device)  # nccl reduces only GPU tensors
                 dist.all_reduce(tot)
