@@ -4,7 +4,6 @@ the worker count, bad arguments fail before the pass, an interrupted pass resume
 saved batches, and two gloo processes merge into the single-process table."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import warnings
