@@ -4,9 +4,8 @@ the worker count, bad arguments fail before the pass, an interrupted pass resume
 saved batches, and two gloo processes merge into the single-process table."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
