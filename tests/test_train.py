@@ -6,7 +6,6 @@ Everything runs on fabricated data (random-noise JPEGs in tmp_path) and a tiny z
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -102,31 +101,28 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     last = killed / "checkpoints" / "last.pt"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen, deadline = 0, time.time() + 600  # generous: a loaded machine can take minutes
+    paused = tmp_path / "paused"
+    # the run stops before step 2 of epoch 2 (after epoch 1's checkpoint) and waits there to be killed
+    pause = {**env, "ZF_TRAIN_PAUSE_AT": "2:2", "ZF_TRAIN_PAUSE_FILE": str(paused)}
+    proc = subprocess.Popen(cmd(killed), env=pause, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600  # generous: a loaded machine can take minutes
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if last.is_file():
-                seen = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
-                if seen >= 1:
-                    break
-            time.sleep(0.02)
-        killed_mid_run = proc.poll() is None
-        if killed_mid_run:
+        while time.time() < deadline and proc.poll() is None and not paused.is_file():
+            time.sleep(0.05)
+        reached = paused.is_file() and proc.poll() is None
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    assert killed_mid_run or proc.returncode == 0, proc.stderr.read()
-    assert seen >= 1, "no checkpoint within the deadline"
-    print(f"kill -9 {'after epoch %d of %d' % (seen, epochs) if killed_mid_run else 'too late: the run had finished'}")
-    assert seen >= 1
-    seen = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])  # it may have saved one more
+    assert reached, f"the run never reached epoch 2 step 2 (exit {proc.returncode}): {proc.stderr.read()[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    seen = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    assert seen == 1  # killed mid-way through epoch 2
 
     resumed = subprocess.run(cmd(killed), env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = torch.load(last, map_location="cpu", weights_only=True)
-    if killed_mid_run and seen < epochs:
-        assert f"after epoch {seen}" in resumed.stdout + resumed.stderr
+    assert "after epoch 1" in resumed.stdout + resumed.stderr
     fresh = subprocess.run(cmd(tmp_path / "fresh"), env=env, capture_output=True, text=True, timeout=900)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     ref = torch.load(tmp_path / "fresh" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
@@ -147,7 +143,11 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
 
 def _tiny_net():
     torch.manual_seed(0)
-    return zfnet(num_classes=3, width=0.0625, fc=[64, 64], dropout=0.0)
+    return zfnet(num_classes=3, width=0.0625, fc=[64, 64], dropout=0.5)
+
+
+def _tiny_augment():
+    return zdata.BatchAugment(56, "random_resized_crop", scale=(0.3, 1.0), flip=True)
 
 
 def _tiny_sets():
@@ -161,28 +161,43 @@ DDP_CFG = dict(epochs=3, batch_size=8, lr=0.05, schedule="plateau", plateau_pati
                snapshot_epochs=())
 
 
-def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _ddp_worker(rank, world, rendezvous, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
+    # a file rendezvous in the test's own folder (no port that another process could take); fit() finds the
+    # process group initialised and uses it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         train, val = _tiny_sets()
-        fit(_tiny_net(), train, val, out_dir, TrainConfig(**DDP_CFG), resume=False,
-            augment=zdata.BatchAugment(56, "none", flip=False))
+        fit(_tiny_net(), train, val, out_dir, TrainConfig(**DDP_CFG), resume=False, augment=_tiny_augment())
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def test_dropout_and_augmentation_are_random(tmp_path, monkeypatch):
+    # the distributed test below means something only if dropout and augmentation change the run
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    train, val = _tiny_sets()
+    cfg = TrainConfig(**(DDP_CFG | dict(epochs=1)))
+    a = fit(_tiny_net(), train, val, tmp_path / "a", cfg, resume=False, augment=_tiny_augment())
+    b = fit(_tiny_net(), train, val, tmp_path / "b", cfg, resume=False,
+            augment=zdata.BatchAugment(56, "none", flip=False))
+    net = _tiny_net()
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    c = fit(net, train, val, tmp_path / "c", cfg, resume=False, augment=_tiny_augment())
+    assert a[0]["train_loss"] != b[0]["train_loss"] and a[0]["train_loss"] != c[0]["train_loss"]
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "ddp")), nprocs=2,
+                             join=False, start_method="spawn")
     deadline = time.time() + 600
     while not ctx.join(timeout=1):
         if time.time() > deadline:
@@ -193,8 +208,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatc
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     train, val = _tiny_sets()
-    fit(_tiny_net(), train, val, tmp_path / "one", TrainConfig(**DDP_CFG), resume=False,
-        augment=zdata.BatchAugment(56, "none", flip=False))
+    fit(_tiny_net(), train, val, tmp_path / "one", TrainConfig(**DDP_CFG), resume=False, augment=_tiny_augment())
+    # with dropout and augmentation on: every random number is drawn per sample of the global batch (from a
+    # generator seeded by (seed, epoch, step)), so 2 processes of 4 images draw what 1 process of 8 draws and only
+    # the rounding of the summed gradients differs
 
     two = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
@@ -216,8 +233,59 @@ def test_batch_size_must_split_across_processes(tmp_path, monkeypatch):
         fit(_tiny_net(), train, None, tmp_path, TrainConfig(batch_size=64, progress=False), resume=False)
 
 
+def _noise(x):
+    """A per-sample random transform, run in the loader's worker processes (seeded by the loader)."""
+    return (x.float() + 20 * torch.rand(1)).clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_equals_uninterrupted_with_loader_workers(tmp_path, monkeypatch, num_workers):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    data = write_tree(tmp_path / "data", per_class=4, val_per_class=1, size=(56, 56))
+    cfg = dict(batch_size=4, lr=0.02, schedule="constant", progress=False, threads=1, snapshot_epochs=(),
+               num_workers=num_workers)
+
+    def run(out, epochs, resume):
+        train = zdata.ImageDataset(data / "train", size=56, transform=_noise)
+        return fit(_tiny_net(), train, None, out, TrainConfig(epochs=epochs, **cfg), resume=resume,
+                   augment=_tiny_augment())
+
+    run(tmp_path / "whole", 3, False)
+    run(tmp_path / "cut", 1, False)   # stops after epoch 1, as a killed run's checkpoint does
+    run(tmp_path / "cut", 3, True)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    same_history(a["history"], b["history"])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 4. an unreadable file does not stop training
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_fit_lists_unreadable_and_vanished_files_whatever_the_workers(tmp_path, monkeypatch, num_workers):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    data = write_tree(tmp_path / "data", per_class=3, val_per_class=2, size=(56, 56))
+    corrupt = data / "train" / "c1" / "1.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff garbage")
+    train = zdata.ImageDataset(data / "train", size=56)
+    val = zdata.ImageDataset(data / "val", size=56)
+    gone, gone_val = data / "train" / "c2" / "0.jpg", data / "val" / "c0" / "1.jpg"
+    gone.unlink()  # listed, then deleted before it is read
+    gone_val.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = fit(_tiny_net(), train, val, tmp_path / "run",
+                      TrainConfig(epochs=2, batch_size=2, progress=False, threads=1, snapshot_epochs=(),
+                                  num_workers=num_workers), resume=False)
+    assert len(history) == 2 and all(np.isfinite(h["train_loss"]) for h in history)
+    assert sorted(train.skipped) == sorted([str(corrupt), str(gone)])  # once each, not once per epoch
+    assert val.skipped == [str(gone_val)]
+
 
 @pytest.mark.parametrize("preload", [True, False])
 def test_training_skips_an_unreadable_file(tmp_path, preload):

@@ -99,8 +99,9 @@ class ImageDataset(Dataset):
     """``(image uint8 (3, S, S), label, index)`` for every file of ``list_images(root)``.
 
     ``transform`` (optional) maps the uint8 tensor to another tensor (training augmentation).  Unreadable images
-    give ``None`` (dropped by ``collate_skip``) and land in ``skipped``; in worker processes the main process
-    learns of them from the batch's missing indices.
+    give ``None`` (dropped by ``collate_skip``) and land in ``skipped``.  A worker process's ``skipped`` is its own
+    copy: loaders that use workers iterate ``Tagged(dataset)`` and call ``record_skipped`` in the main process
+    (``zf.mining.mine`` and ``zf.train.fit`` do).
     """
 
     def __init__(self, root: str | os.PathLike | ImageList, size: int = 224, resize: int | None = None,
@@ -147,6 +148,53 @@ def collate_skip(batch):
         return None
     xs, ys, idx = zip(*batch)
     return torch.stack(xs), torch.tensor(ys), torch.tensor(idx)
+
+
+class Tagged(Dataset):
+    """``(i, dataset[i])``: each item carries its index, so the process that iterates a ``DataLoader`` learns which
+    items were unreadable (``None``) even when a worker process read them (a worker's ``dataset.skipped`` is its own
+    copy and never reaches the main process).  Use with ``collate_tagged``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]
+
+
+def collate_tagged(batch):
+    """Items of ``Tagged`` -> ``(collate_skip(items), [indices of the unreadable items])``."""
+    return collate_skip([item for _, item in batch]), [int(i) for i, item in batch if item is None]
+
+
+def record_skipped(dataset, indices: Sequence[int]) -> list[str]:
+    """Add the files of the unreadable items ``indices`` of ``dataset`` to ``dataset.skipped`` (once each, in the
+    order met) and return their names: the file path where the dataset has ``path(i)``, else ``"<type>[i]"``."""
+    names = [str(dataset.path(i)) if hasattr(dataset, "path") else f"{type(dataset).__name__}[{i}]"
+             for i in indices]
+    add_skipped(dataset, names)
+    return names
+
+
+def add_skipped(dataset, names: Sequence[str]) -> None:
+    """Append ``names`` to ``dataset.skipped`` (created if missing), without duplicates."""
+    if not names:
+        return
+    skipped = getattr(dataset, "skipped", None)
+    if skipped is None:
+        skipped = []
+        try:
+            dataset.skipped = skipped
+        except AttributeError:
+            return
+    seen = set(skipped)
+    for n in names:
+        if n not in seen:
+            skipped.append(n)
+            seen.add(n)
 
 
 class Normalize(torch.nn.Module):
@@ -218,20 +266,25 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"augmentation {kind!r}: use random_crop, random_resized_crop or none")
         self.size, self.kind, self.scale, self.flip, self.ratio = int(size), kind, tuple(scale), flip, tuple(ratio)
 
-    def boxes(self, n: int, h: int, w: int, device=None) -> torch.Tensor:
-        """(n, 4) float boxes x0, y0, x1, y1 in pixel units."""
+    def boxes(self, n: int, h: int, w: int, device=None, rand: Callable | None = None) -> torch.Tensor:
+        """(n, 4) float boxes x0, y0, x1, y1 in pixel units.  ``rand(n, *shape)`` gives uniform [0, 1) numbers, one
+        row per image (default: ``torch.rand`` from the global generator); every random choice is made from them."""
+        rand = rand or (lambda m, *shape: torch.rand(m, *shape, device=device))
         s = self.size
         if self.kind == "none":
             return torch.tensor([[0.0, 0.0, w, h]], device=device).expand(n, 4).clone()
         if self.kind == "random_crop":
             if s > h or s > w:
                 raise ValueError(f"random_crop of {s} from {h}x{w} images: store them at least {s} (data.resize)")
-            y0 = torch.randint(0, h - s + 1, (n,), device=device).float()
-            x0 = torch.randint(0, w - s + 1, (n,), device=device).float()
+            u = rand(n, 2).to(device)
+            y0 = torch.floor(u[:, 0] * (h - s + 1)).clamp(max=h - s)
+            x0 = torch.floor(u[:, 1] * (w - s + 1)).clamp(max=w - s)
             return torch.stack([x0, y0, x0 + s, y0 + s], 1)
         tries = 10
-        area = torch.empty(n, tries, device=device).uniform_(*self.scale) * h * w
-        logr = torch.empty(n, tries, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        u = rand(n, 2 * tries + 2).to(device)
+        area = (self.scale[0] + u[:, :tries] * (self.scale[1] - self.scale[0])) * h * w
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        logr = lo + u[:, tries:2 * tries] * (hi - lo)
         bw = torch.sqrt(area * torch.exp(logr)).round()
         bh = torch.sqrt(area / torch.exp(logr)).round()
         ok = (bw <= w) & (bh <= h) & (bw > 0) & (bh > 0)
@@ -240,19 +293,21 @@ class BatchAugment(torch.nn.Module):
         idx = first.clamp(min=0)[:, None]
         bw = torch.where(fallback, torch.tensor(float(w), device=device), bw.gather(1, idx)[:, 0])
         bh = torch.where(fallback, torch.tensor(float(h), device=device), bh.gather(1, idx)[:, 0])
-        x0 = torch.floor(torch.rand(n, device=device) * (w - bw + 1))
-        y0 = torch.floor(torch.rand(n, device=device) * (h - bh + 1))
+        x0 = torch.minimum(torch.floor(u[:, -2] * (w - bw + 1)), w - bw)
+        y0 = torch.minimum(torch.floor(u[:, -1] * (h - bh + 1)), h - bh)
         return torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rand: Callable | None = None) -> torch.Tensor:
+        """``rand``: as in ``boxes`` (``zf.train.fit`` passes numbers drawn per sample of the global batch, so the
+        augmentation of an image does not depend on the number of processes)."""
         from torchvision.ops import roi_align
 
         n, _, h, w = x.shape
-        b = self.boxes(n, h, w, x.device)
+        b = self.boxes(n, h, w, x.device, rand=rand)
         rois = torch.cat([torch.arange(n, device=x.device, dtype=b.dtype)[:, None], b], 1)
         out = roi_align(x.float(), rois, output_size=(self.size, self.size), spatial_scale=1.0, sampling_ratio=-1,
                         aligned=True)
         if self.flip:
-            m = torch.rand(n, device=x.device) < 0.5
-            out = torch.where(m[:, None, None, None], out.flip(-1), out)
+            u = rand(n, 1)[:, 0].to(x.device) if rand is not None else torch.rand(n, device=x.device)
+            out = torch.where((u < 0.5)[:, None, None, None], out.flip(-1), out)
         return out

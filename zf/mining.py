@@ -8,9 +8,10 @@ table is the same on every run and on any number of processes.
 
     tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9)    # {"relu4": TopK, ...}
 
-``state_path`` makes the pass resumable: the running tables are saved every ``save_every`` batches and a restarted
-pass skips what is done.  Under ``torchrun`` each process mines a contiguous shard and the tables are merged
-(``merge``) into exactly the single-process result.
+``state_path`` makes the pass resumable: the running tables (and the unreadable files met so far) are saved every
+``save_every`` batches or ``save_every_s`` seconds, whichever comes first, and a restarted pass skips what is done.
+Under ``torchrun`` each process mines a contiguous shard and the tables are merged (``merge``) into exactly the
+single-process result.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from .data import Normalize, collate_skip
-from .layers import resolve_layer
+from .data import Normalize, Tagged, add_skipped, collate_tagged, record_skipped
+from .errors import ConfigError, DataError, LayerError
+from .layers import TAPS, resolve_layer
 from .receptive import receptive_fields
 from .results import TopK
 
@@ -74,60 +76,104 @@ def merge(parts: Iterable[dict]) -> dict:
 
 
 def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int, str]:
-    """{index in model.features: layer name} of the tapped modules; all taps must lie in ``features``."""
+    """{index in model.features: layer name} of the tapped modules; all taps must lie in ``features``.  Raises
+    ``ConfigError`` for an unknown tap or no layers, ``LayerError`` for a layer the model lacks or one in the
+    classifier."""
+    if tap not in TAPS:
+        raise ConfigError(f"tap={tap!r} is not a tap; use one of {', '.join(TAPS)}")
+    if isinstance(layers, (str, int)):
+        layers = [layers]
+    if not list(layers):
+        raise ConfigError("layers=[] names no layer to mine; give layer names (conv4, relu5, ...) or 1..5")
     taps = {}
     for layer in layers:
-        L = resolve_layer(model, layer, tap)
+        try:
+            L = resolve_layer(model, layer, tap)
+        except TypeError as e:
+            raise LayerError(str(e)) from None
+        except KeyError as e:
+            raise LayerError(str(e.args[0]) if e.args else str(e)) from None
         if L.index is None:
-            raise ValueError(f"layer {layer!r} ({L.name}) is in the classifier; mining covers convolutional layers")
+            raise LayerError(f"layer {layer!r} ({L.name}) is in the classifier; mining covers the convolutional "
+                             "layers of model.features")
         taps[L.index] = L.name
     return taps
 
 
 def run_features(model: nn.Module, x: torch.Tensor, taps: dict[int, str]) -> dict[str, torch.Tensor]:
-    """Forward ``x`` through ``model.features`` only as far as the last tap; {name: activation (N, C, h, w)}."""
+    """Forward ``x`` through ``model.features`` only as far as the last tap; {name: activation (N, C, h, w)}.
+
+    A tapped activation is copied when the next module works in place (torchvision's ``ReLU(inplace=True)``
+    after a conv would otherwise rectify the conv output that ``tap="conv"`` reads)."""
     out = {}
     last = max(taps)
-    for i, m in enumerate(model.features):
+    mods = list(model.features)
+    for i, m in enumerate(mods):
         x = m(x)
         if i in taps:
-            out[taps[i]] = x
+            nxt = mods[i + 1] if i + 1 < len(mods) and i < last else None
+            out[taps[i]] = x.clone() if nxt is not None and getattr(nxt, "inplace", False) else x
         if i == last:
             break
     return out
 
 
-def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_skip, persistent_workers=False)
+def _loader(dataset, indices: range, batch_size: int, num_workers: int) -> DataLoader:
+    # Tagged: the indices of unreadable files come back with each batch, whichever process read them
+    return DataLoader(Tagged(dataset), batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                      collate_fn=collate_tagged, persistent_workers=False)
+
+
+def _positive_int(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ConfigError(f"{name}={v!r}: must be an integer >= {minimum}")
+    return int(v)
 
 
 @torch.no_grad()
 def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int = 9, tap: str = "relu",
          batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu",
          normalize: Normalize | None = None, state_path: str | os.PathLike | None = None, save_every: int = 20,
-         progress: bool = True, stop_after: int | None = None) -> dict[str, TopK]:
+         save_every_s: float | None = 30.0, progress: bool = True, stop_after: int | None = None) -> dict[str, TopK]:
     """The top-``k`` images of every unit of ``layers``.
 
     Args:
         model: a network with ``features`` (zfnet, AlexNet, VGG16...), in eval mode.
         dataset: items ``(uint8 image (3, H, W), label, index)`` (``zf.data.ImageDataset``); ``index`` is the image id
-            stored in the table.  ``None`` items (unreadable files) are skipped.
+            stored in the table.  ``None`` items (unreadable files) are skipped; when ``mine`` returns,
+            ``dataset.skipped`` lists every one of this pass (read by worker processes, before a resume, or by other
+            ranks under torch.distributed alike).
         layers: layer names or the paper's integers; all are mined in the same pass.
         tap: where activations are read (``zf.layers``).
         normalize: uint8 -> model input; ImageNet statistics by default.
         state_path: where to keep the resumable state of this pass (one file per process under torchrun).
-        save_every: batches between saves of that state.
+        save_every, save_every_s: the state is saved after ``save_every`` batches or ``save_every_s`` seconds since
+            the last save, whichever comes first (``save_every_s=None``: by batches only).
         stop_after: stop after this many batches (tests of resumption; the state is saved first).
 
     Returns:
         {layer name: TopK} with boxes computed from the receptive field at the data's image size.
+
+    Raises ``ConfigError`` / ``LayerError`` before the pass for a bad ``k``, ``tap``, layer or a network whose
+    receptive fields cannot be computed.
     """
     from tqdm.auto import tqdm
 
+    # everything that can be wrong with the arguments fails here, before the pass
+    k = _positive_int("k", k)
+    batch_size = _positive_int("batch_size", batch_size)
+    save_every = _positive_int("save_every", save_every)
+    num_workers = _positive_int("num_workers", num_workers, 0)
+    if save_every_s is not None and not save_every_s >= 0:
+        raise ConfigError(f"save_every_s={save_every_s!r}: must be seconds >= 0 (or None)")
+    taps = _feature_taps(model, layers, tap)
+    guess = getattr(dataset, "size", None)
+    rfs = _receptive_fields(model, guess if isinstance(guess, int) else 224)
+    if len(dataset) == 0:
+        raise DataError("the data set to mine holds no images")
+
     model.eval().to(device)
     normalize = (normalize or Normalize()).to(device)
-    taps = _feature_taps(model, layers, tap)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     n = len(dataset)
     # this process's shard: a contiguous run of whole batches, so every batch holds the same images as in a
@@ -140,10 +186,13 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
 
     running: dict[str, Running] = {}
     done = 0  # images of the shard already mined
+    skipped: list[str] = []  # unreadable files of this shard, this run and the runs it resumes
     if state_file is not None and state_file.is_file():
         s = torch.load(state_file, map_location="cpu", weights_only=True)
         running = {name: Running.from_state(v) for name, v in s["layers"].items()}
         done = int(s["done"])
+        skipped = list(s.get("skipped", []))
+        add_skipped(dataset, skipped)
     map_sizes: dict[str, tuple[int, int]] = {}
     image_size: tuple[int, int] | None = None
 
@@ -151,21 +200,25 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
         if state_file is None:
             return
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_file.with_suffix(".tmp")
-        torch.save({"done": done, "layers": {nm: r.state() for nm, r in running.items()}}, tmp)
+        # the state's own name + .tmp: with_suffix would turn state.rank0 and state.rank1 into the same state.tmp,
+        # which two processes then write and rename over each other
+        tmp = state_file.with_name(state_file.name + ".tmp")
+        torch.save({"done": done, "layers": {nm: r.state() for nm, r in running.items()}, "skipped": skipped}, tmp)
         os.replace(tmp, state_file)
 
-    shard = Subset(dataset, range(lo + done, hi))
     bar = tqdm(total=hi - lo, initial=done, desc=f"mining {', '.join(taps.values())}", unit="img",
                disable=not progress or rank != 0, mininterval=5)
-    batches = 0
+    batches = since_save = 0
     last_save = time.monotonic()
-    for batch in _loader(shard, batch_size, num_workers):
+    for batch, bad in _loader(dataset, range(lo + done, hi), batch_size, num_workers):
+        for name in record_skipped(dataset, bad):
+            if name not in skipped:
+                skipped.append(name)
         if batch is not None:
             x, _, idx = batch
             image_size = tuple(x.shape[-2:])
             acts = run_features(model, normalize(x.to(device)), taps)
-            ids = idx.to(device)  # the dataset's own indices (Subset passes them through)
+            ids = idx.to(device)  # the dataset's own indices
             for name, a in acts.items():
                 nimg, c, h, w = a.shape
                 map_sizes[name] = (h, w)
@@ -177,9 +230,11 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
         bar.update(covered)
         done += covered
         batches += 1
-        if state_file is not None and (batches % save_every == 0 or time.monotonic() - last_save > 120):
+        since_save += 1
+        if state_file is not None and (since_save >= save_every or (
+                save_every_s is not None and time.monotonic() - last_save >= save_every_s)):
             save()
-            last_save = time.monotonic()
+            since_save, last_save = 0, time.monotonic()
         if stop_after is not None and batches >= stop_after:
             save()
             bar.close()
@@ -194,21 +249,34 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
         names = sorted({nm for g in gathered for nm in g})
         merged = {nm: merge(g[nm] for g in gathered if nm in g) for nm in names}
         sizes: list = [None] * world
-        dist.all_gather_object(sizes, (map_sizes, image_size))
-        for ms, isz in sizes:
+        dist.all_gather_object(sizes, (map_sizes, image_size, skipped))
+        for ms, isz, sk in sizes:  # rank order = data order (contiguous shards)
             map_sizes.update(ms)
             image_size = image_size or isz
+            add_skipped(dataset, sk)
     else:
         merged = {nm: r.state() for nm, r in running.items()}
     if image_size is None:
         x0 = dataset[0]
         image_size = tuple(x0[0].shape[-2:]) if x0 is not None else (224, 224)
-    return to_tables(model, merged, map_sizes, image_size)
+    if image_size[0] != guess:
+        rfs = _receptive_fields(model, image_size[0])
+    return to_tables(model, merged, map_sizes, image_size, rfs=rfs)
 
 
-def to_tables(model: nn.Module, states: dict, map_sizes: dict, image_size: tuple[int, int]) -> dict[str, TopK]:
-    """Running states -> ``TopK`` tables with receptive-field boxes (for square receptive fields)."""
-    rfs = receptive_fields(model, input_size=image_size[0])
+def _receptive_fields(model: nn.Module, input_size: int):
+    try:
+        return receptive_fields(model, input_size=input_size)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot mine {type(model).__name__}: {e}; patches are cropped by the receptive field, so "
+                          "model.features may hold only Conv2d, MaxPool2d/AvgPool2d and pointwise layers") from None
+
+
+def to_tables(model: nn.Module, states: dict, map_sizes: dict, image_size: tuple[int, int],
+              rfs: dict | None = None) -> dict[str, TopK]:
+    """Running states -> ``TopK`` tables with receptive-field boxes (for square receptive fields); ``rfs``:
+    ``receptive_fields(model, image_size[0])`` if already computed."""
+    rfs = rfs if rfs is not None else receptive_fields(model, input_size=image_size[0])
     tables = {}
     for name, s in states.items():
         value, image, pos = (s[f].numpy() for f in ("value", "image", "pos"))

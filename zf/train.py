@@ -7,9 +7,19 @@
 The loop: SGD with momentum (or AdamW), a learning-rate schedule, dropout in fc6/fc7 (in the model), random crops and
 flips (``zf.data.BatchAugment``), and feature scale clipping after every update (``clip_feature_scale_``).
 After every epoch a checkpoint holds the model, optimiser and scheduler state, the epoch, the metrics and the
-resolved config; ``resume=True`` restarts a killed run from it.  Each epoch reseeds every random number generator
-from ``(seed, epoch)``, so a resumed run redoes the interrupted epoch exactly and ends with the weights an
-uninterrupted run would have.
+resolved config; ``resume=True`` restarts a killed run from it.
+
+Randomness is a function of ``(seed, epoch, step)`` only, so a resumed run redoes the interrupted epoch exactly and
+ends with the weights an uninterrupted run would have, whatever ``num_workers``:
+
+- each epoch gets a new ``DataLoader`` whose shuffling (``DistributedSampler``, seeded by ``(seed, epoch)``) and
+  worker seeds (its ``generator``, seeded by ``(seed, epoch, rank)``) depend on nothing drawn before;
+- the augmentation (``BatchAugment``) and dropout (every ``nn.Dropout`` of the model, while ``fit`` runs) of each step
+  draw their numbers from a generator seeded by ``(seed, epoch, step)``, shared by all processes, for the whole
+  global batch: process ``r`` keeps the rows of its own samples.  So 2 processes with global batch ``B`` draw for
+  every sample what 1 process with batch ``B`` draws; they differ only by floating-point rounding of the summed
+  gradients.  (Random transforms inside the data set, run by loader workers, are seeded per process and are not
+  covered by that equivalence.)
 """
 from __future__ import annotations
 
@@ -26,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .data import Normalize, collate_skip
+from .errors import CheckpointError
+from .data import BatchAugment, Normalize, Tagged, add_skipped, collate_tagged, record_skipped
 from .tracking import Tracker
 
 
@@ -122,7 +133,11 @@ def evaluate(model: nn.Module, loader: DataLoader, normalize: Normalize, device:
 
     model.eval()
     n = loss = top1 = top5 = 0.0
+    tagged = isinstance(loader.dataset, Tagged)  # batches (batch, unreadable indices): record those
     for batch in tqdm(loader, desc="val", leave=False, disable=not progress, mininterval=5):
+        if tagged:
+            batch, bad = batch
+            record_skipped(loader.dataset.dataset, bad)
         if batch is None:
             continue
         x, y = normalize(batch[0].to(device)), batch[1].to(device)
@@ -134,6 +149,70 @@ def evaluate(model: nn.Module, loader: DataLoader, normalize: Normalize, device:
         top5 += float((pred == y[:, None]).any(dim=1).sum())
         n += len(y)
     return {"loss": loss / max(n, 1), "top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "n": int(n)}
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy's SeedSequence: nearby inputs give unrelated seeds)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class GlobalBatchRandom:
+    """The random numbers of one training step, drawn for the whole global batch from a CPU generator seeded by
+    ``seed`` (the same on every process); ``rand(n, *shape)`` returns this process's ``n`` rows.
+
+    ``DistributedSampler`` deals position ``j * world + rank`` of each global batch to process ``rank`` as its
+    ``j``-th sample (1 process: every position in order), so the rows kept are ``rank, rank + world, ...``: each
+    sample gets the same numbers whatever the number of processes.  Draws must come in the same order and shapes on
+    every process, which they do (the same model and augmentation run on each)."""
+
+    def __init__(self, seed: int, rank: int, world: int, local_batch: int, device=None):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rank, self.world, self.local_batch, self.device = rank, world, local_batch, device
+
+    def rand(self, n: int, *shape: int) -> torch.Tensor:
+        full = torch.rand((self.local_batch * self.world, *shape), generator=self.gen)
+        return full[self.rank::self.world][:n].to(self.device)
+
+
+class _StepDropout:
+    """While active, every ``nn.Dropout`` of ``model`` in training mode draws its mask from ``self.random`` (a
+    ``GlobalBatchRandom``) instead of the global generator; ``close()`` restores the modules."""
+
+    def __init__(self, model: nn.Module):
+        self.random: GlobalBatchRandom | None = None
+        self.modules = [m for m in model.modules() if type(m) is nn.Dropout]
+        for m in self.modules:
+            m.forward = self._forward(m)
+
+    def _forward(self, m: nn.Dropout):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not m.training or m.p == 0 or self.random is None:
+                return F.dropout(x, m.p, m.training, m.inplace)
+            if m.p == 1:
+                return x * 0
+            keep = self.random.rand(x.shape[0], *x.shape[1:]) >= m.p
+            return x * keep.to(x.dtype) * (1.0 / (1.0 - m.p))
+        return forward
+
+    def close(self) -> None:
+        for m in self.modules:
+            if "forward" in m.__dict__:
+                del m.forward
+
+
+def _pause_point(epoch: int, step: int) -> None:
+    """Fault-injection hook for tests: with ``ZF_TRAIN_PAUSE_AT=<epoch>:<step>`` and ``ZF_TRAIN_PAUSE_FILE=<path>``
+    in the environment, the process writes its pid to that file before that step of that epoch (1-based) and waits
+    until the file is removed (or killed: the kill then lands mid-run for certain)."""
+    at = os.environ.get("ZF_TRAIN_PAUSE_AT")
+    if not at or at != f"{epoch}:{step}" or not os.environ.get("ZF_TRAIN_PAUSE_FILE"):
+        return
+    marker = Path(os.environ["ZF_TRAIN_PAUSE_FILE"])
+    marker.write_text(str(os.getpid()))
+    while marker.exists():
+        time.sleep(0.05)
 
 
 def distributed_setup() -> tuple[int, int, torch.device]:
@@ -161,7 +240,21 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint (``torch.load(..., weights_only=True)``).  Raises ``CheckpointError`` naming the file
+    when it is missing, truncated or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (or start without resume)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage, or pickled objects other than tensors and plain containers
+        why = ("it holds objects other than tensors and plain containers" if "weights_only" in str(e)
+               else f"truncated or not a file written by torch.save; torch.load raised {type(e).__name__}")
+        raise CheckpointError(f"checkpoint {path} cannot be read ({why}): copy it again, or delete it to start "
+                              "over") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
 
 
 def feature_state(model: nn.Module, half: bool = True) -> dict:
@@ -199,11 +292,20 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
     normalize = Normalize(meta.get("mean", (0.485, 0.456, 0.406)), meta.get("std", (0.229, 0.224, 0.225))).to(device)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=False)
-    loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_skip, drop_last=True, persistent_workers=cfg.num_workers > 0)
-    val_loader = (DataLoader(val_set, batch_size=max(local_batch, 64), shuffle=False, num_workers=cfg.num_workers,
-                             collate_fn=collate_skip) if val_set is not None else None)
-    steps = len(loader)
+
+    def epoch_loader(epoch: int) -> DataLoader:
+        # a new loader every epoch, its worker seeds drawn from a generator seeded by (seed, epoch, rank): nothing
+        # depends on what ran before, so a resumed run sees the epoch an uninterrupted one sees (a persistent
+        # loader would draw its seed from the global generator when first iterated, in whichever epoch that is).
+        # Tagged: the indices of unreadable files come back with the batches, whichever process read them.
+        return DataLoader(Tagged(train_set), batch_size=local_batch, sampler=sampler, num_workers=cfg.num_workers,
+                          collate_fn=collate_tagged, drop_last=True,
+                          generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, rank, 1)))
+
+    val_loader = (DataLoader(Tagged(val_set), batch_size=max(local_batch, 64), shuffle=False,
+                             num_workers=cfg.num_workers, collate_fn=collate_tagged)
+                  if val_set is not None else None)
+    steps = len(sampler) // local_batch
     if steps == 0:
         raise ValueError(f"{len(train_set)} training images give no full batch of {local_batch} per process")
     opt = make_optimizer(model, cfg)
@@ -229,75 +331,94 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
 
     epochs_bar = tqdm(range(start, cfg.epochs + 1), desc="epochs", initial=start - 1, total=cfg.epochs,
                       disable=rank != 0 or not cfg.progress)
-    for epoch in epochs_bar:
-        seed_everything(cfg.seed * 100003 + epoch * 1009 + rank)
-        sampler.set_epoch(epoch)
-        if augment is not None and size_at(epoch):
-            augment.size = size_at(epoch)
-        ddp.train()
-        t0 = time.perf_counter()
-        tot = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        clipped = 0
-        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=rank != 0 or not cfg.progress,
-                          mininterval=10):
-            if batch is None:
-                continue
-            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device)
-            x = normalize(augment(x) if augment is not None else x)
-            out = ddp(x)
-            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if per_batch:
-                sched.step()
-            if cfg.clip_radius is not None:
-                clipped += clip_feature_scale_(model, cfg.clip_radius, cfg.clip_layers)
-            tot += torch.tensor([float(loss.detach()) * len(y), float((out.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
-        if world > 1:
-            tot = tot.to(device)  # nccl reduces only GPU tensors
-            dist.all_reduce(tot)
-            tot = tot.cpu()
-        seconds = time.perf_counter() - t0
-        rec = {"epoch": epoch, "train_loss": float(tot[0] / tot[2]), "train_top1": float(tot[1] / tot[2]),
-               "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": float(tot[2]) / seconds,
-               "clipped_filters": clipped, "train_size": size_at(epoch)}
-        if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+    step_dropout = _StepDropout(model)  # dropout masks from each step's GlobalBatchRandom
+    try:
+        for epoch in epochs_bar:
+            seed_everything(cfg.seed * 100003 + epoch * 1009 + rank)
+            sampler.set_epoch(epoch)
+            if augment is not None and size_at(epoch):
+                augment.size = size_at(epoch)
+            ddp.train()
+            t0 = time.perf_counter()
+            tot = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+            clipped = 0
+            for step, (batch, bad) in enumerate(tqdm(epoch_loader(epoch), desc=f"epoch {epoch}", leave=False,
+                                                     disable=rank != 0 or not cfg.progress, mininterval=10), 1):
+                record_skipped(train_set, bad)
+                _pause_point(epoch, step)
+                if batch is None:
+                    continue
+                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device)
+                # this step's random numbers: a function of (seed, epoch, step), the same on every process
+                rng = GlobalBatchRandom(_seed(cfg.seed, epoch, step, 2), rank, world, local_batch, device)
+                step_dropout.random = rng
+                if isinstance(augment, BatchAugment):
+                    x = augment(x, rand=rng.rand)
+                elif augment is not None:
+                    x = augment(x)
+                x = normalize(x)
+                out = ddp(x)
+                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if per_batch:
+                    sched.step()
+                if cfg.clip_radius is not None:
+                    clipped += clip_feature_scale_(model, cfg.clip_radius, cfg.clip_layers)
+                tot += torch.tensor([float(loss.detach()) * len(y), float((out.argmax(1) == y).sum()), len(y)],
+                                    dtype=torch.float64)
+            if world > 1:
+                tot = tot.to(device)  # nccl reduces only GPU tensors
+                dist.all_reduce(tot)
+                tot = tot.cpu()
+            seconds = time.perf_counter() - t0
+            rec = {"epoch": epoch, "train_loss": float(tot[0] / tot[2]), "train_top1": float(tot[1] / tot[2]),
+                   "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": float(tot[2]) / seconds,
+                   "clipped_filters": clipped, "train_size": size_at(epoch)}
+            if val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                if rank == 0:
+                    v = evaluate(model, val_loader, normalize, device)
+                    rec.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
+            if world > 1 and val_loader is not None:
+                # share rank 0's validation result so every process steps a plateau scheduler the same way
+                vl = torch.tensor([rec.get("val_loss", math.nan)], dtype=torch.float64, device=device)
+                dist.broadcast(vl, 0)
+                if not math.isnan(float(vl)):
+                    rec["val_loss"] = float(vl)
+            if not per_batch:
+                if cfg.schedule == "plateau":
+                    if "val_loss" in rec:
+                        sched.step(rec["val_loss"])
+                else:
+                    sched.step()
+            history.append(rec)
             if rank == 0:
-                v = evaluate(model, val_loader, normalize, device)
-                rec.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
-        if world > 1 and val_loader is not None:
-            # share rank 0's validation result so every process steps a plateau scheduler the same way
-            vl = torch.tensor([rec.get("val_loss", math.nan)], dtype=torch.float64, device=device)
-            dist.broadcast(vl, 0)
-            if not math.isnan(float(vl)):
-                rec["val_loss"] = float(vl)
-        if not per_batch:
-            if cfg.schedule == "plateau":
-                if "val_loss" in rec:
-                    sched.step(rec["val_loss"])
-            else:
-                sched.step()
-        history.append(rec)
-        if rank == 0:
-            state = {"model": model.state_dict(), "arch": getattr(model, "arch", {}), "meta": meta,
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                     "history": history, "config": config_to_save or asdict(cfg)}
-            # the snapshot first: once last.pt says epoch N, a resumed run never comes back to write N's snapshot
-            if epoch in set(cfg.snapshot_epochs) or epoch == cfg.epochs:
-                save_atomic({"features": feature_state(model), "arch": getattr(model, "arch", {}), "epoch": epoch},
-                            ckpt_dir / f"features_epoch{epoch:03d}.pt")
-            save_atomic(state, last)
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}
-            epochs_bar.write(str(shown))
-            tracker.log({k: v for k, v in rec.items() if v is not None}, step=epoch)
-            conv1 = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-            if conv1 is not None and tracker.active:
-                from .plotting import filter_grid
+                state = {"model": model.state_dict(), "arch": getattr(model, "arch", {}), "meta": meta,
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                         "history": history, "config": config_to_save or asdict(cfg)}
+                # the snapshot first: once last.pt says epoch N, a resumed run never comes back to write N's snapshot
+                if epoch in set(cfg.snapshot_epochs) or epoch == cfg.epochs:
+                    save_atomic({"features": feature_state(model), "arch": getattr(model, "arch", {}), "epoch": epoch},
+                                ckpt_dir / f"features_epoch{epoch:03d}.pt")
+                save_atomic(state, last)
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}
+                epochs_bar.write(str(shown))
+                tracker.log({k: v for k, v in rec.items() if v is not None}, step=epoch)
+                conv1 = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+                if conv1 is not None and tracker.active:
+                    from .plotting import filter_grid
 
-                tracker.image("conv1_filters", filter_grid(conv1.weight), caption=f"epoch {epoch}", step=epoch)
-        if world > 1:
-            dist.barrier()
+                    tracker.image("conv1_filters", filter_grid(conv1.weight), caption=f"epoch {epoch}", step=epoch)
+            if world > 1:
+                dist.barrier()
+    finally:
+        step_dropout.close()
+    if world > 1:  # every process lists the unreadable files of every process
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, list(getattr(train_set, "skipped", [])))
+        for names in gathered:
+            add_skipped(train_set, names)
     return history
 
 
