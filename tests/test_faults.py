@@ -198,8 +198,6 @@ def test_truncated_training_checkpoint_gives_checkpoint_error(tmp_path, keep):
     assert str(p) in msg and "\n" not in msg and "weights_only=False" not in msg
 
 
-@pytest.mark.xfail(strict=False, reason="zf/models.py (owned elsewhere) lets torch.load's error through; "
-                                        "load_state_dict should raise CheckpointError naming the file")
 @pytest.mark.parametrize("keep", [0.0, 0.5])
 def test_truncated_weights_file_gives_checkpoint_error(tmp_path, keep):
     from zf.models import load_state_dict

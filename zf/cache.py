@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .data import add_skipped
 from .layers import resolve_layer
 from .mining import mine
 from .results import TopK
@@ -56,7 +57,7 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
     done = folder / "done.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        _note_skipped(dataset, info.get("skipped", []))
+        add_skipped(dataset, info.get("skipped", []))
         return {n: TopK.load(folder / f"{n}.npz") for n in names}, folder
     folder.mkdir(parents=True, exist_ok=True)
     tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
@@ -68,7 +69,3 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
                                     "n_images": len(dataset), "skipped": sorted(set(map(str, dataset.skipped)))}))
     return tables, folder
 
-
-def _note_skipped(dataset, paths: list[str]) -> None:
-    have = set(map(str, dataset.skipped))
-    dataset.skipped.extend(p for p in paths if p not in have)
