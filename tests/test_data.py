@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zf import data as zdata
+from zf.errors import DataError
 
 
 def write_tree(root, classes=3, per_class=4, size=(40, 48), seed=0):
@@ -46,7 +47,7 @@ def test_list_images_missing_and_empty_folder(tmp_path):
         zdata.list_images(tmp_path / "nope")
     (tmp_path / "empty" / "c0").mkdir(parents=True)
     (tmp_path / "empty" / "c0" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match="holds no images"):
+    with pytest.raises(DataError, match="holds no images"):
         zdata.list_images(tmp_path / "empty")
 
 

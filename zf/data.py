@@ -21,6 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from .errors import ConfigError, DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,7 +50,7 @@ def list_images(root: str | os.PathLike) -> ImageList:
     Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for one without images."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist (set data.root=... or ZF_DATA=...)")
+        raise DataError(f"data folder {root} does not exist (set data.root=... or ZF_DATA=...)")
 
     def images_in(d: Path, recursive: bool) -> list[Path]:
         it = d.rglob("*") if recursive else d.iterdir()
@@ -65,7 +67,7 @@ def list_images(root: str | os.PathLike) -> ImageList:
         paths = images_in(root, recursive=False)
         labels = [-1] * len(paths)
     if not paths:
-        raise ValueError(f"data folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither directly "
+        raise DataError(f"data folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither directly "
                          "nor in class sub-folders")
     return ImageList(root, paths, labels, classes)
 
@@ -263,7 +265,7 @@ class BatchAugment(torch.nn.Module):
                  flip: bool = True, ratio: Sequence[float] = (3 / 4, 4 / 3)):
         super().__init__()
         if kind not in ("random_crop", "random_resized_crop", "none"):
-            raise ValueError(f"augmentation {kind!r}: use random_crop, random_resized_crop or none")
+            raise ConfigError(f"augmentation {kind!r}: use random_crop, random_resized_crop or none")
         self.size, self.kind, self.scale, self.flip, self.ratio = int(size), kind, tuple(scale), flip, tuple(ratio)
 
     def boxes(self, n: int, h: int, w: int, device=None, rand: Callable | None = None) -> torch.Tensor:
@@ -275,7 +277,7 @@ class BatchAugment(torch.nn.Module):
             return torch.tensor([[0.0, 0.0, w, h]], device=device).expand(n, 4).clone()
         if self.kind == "random_crop":
             if s > h or s > w:
-                raise ValueError(f"random_crop of {s} from {h}x{w} images: store them at least {s} (data.resize)")
+                raise ConfigError(f"random_crop of {s} from {h}x{w} images: store them at least {s} (data.resize)")
             u = rand(n, 2).to(device)
             y0 = torch.floor(u[:, 0] * (h - s + 1)).clamp(max=h - s)
             x0 = torch.floor(u[:, 1] * (w - s + 1)).clamp(max=w - s)
