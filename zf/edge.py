@@ -20,6 +20,18 @@ from .errors import ConfigError, OutputError, ZFError
 from .tracking import Tracker
 
 
+def register_configs() -> None:
+    """The structured configs (schemas) the YAML files build on: ``train/schema`` = ``zf.train.TrainConfig``."""
+    from hydra.core.config_store import ConfigStore
+
+    from .train import TrainConfig
+
+    ConfigStore.instance().store(group="train", name="schema", node=TrainConfig)
+
+
+register_configs()
+
+
 def plain(cfg):
     """A resolved config as plain Python containers (plain values pass through)."""
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg

@@ -100,7 +100,7 @@ def train(cfg: DictConfig, ctx: Context) -> float:
     """Train a model (``configs/train.yaml``); returns the best validation top-1 accuracy."""
     from .train import TrainConfig, fit_task
 
-    d, t = cfg.data, cfg.train
+    d = cfg.data
     store = int(d.resize or d.size)
     train_set = dataset_from_cfg(cfg, "train", size=store, resize=store)
     if not train_set.classes:
@@ -109,10 +109,9 @@ def train(cfg: DictConfig, ctx: Context) -> float:
     model = model_from_cfg(cfg, num_classes=len(train_set.classes))
     meta = {"classes": train_set.classes, "mean": list(d.mean), "std": list(d.std), "input_size": int(d.size),
             "data": str(train_set.files.root)}
-    tcfg = TrainConfig(**{k: v for k, v in plain(t).items() if k in TrainConfig.__dataclass_fields__})
-    return fit_task(model, train_set, val_set, ctx.out, tcfg, int(d.size), meta=meta, tracker=ctx.tracker,
-                    resume=cfg.resume, config=plain(cfg), augment=t.augment, crop_scale=list(t.crop_scale),
-                    flip=t.flip, preload=t.preload, export=cfg.get("export"), rank=ctx.rank)
+    return fit_task(model, train_set, val_set, ctx.out, TrainConfig(**plain(cfg.train)), int(d.size), meta=meta,
+                    tracker=ctx.tracker, resume=cfg.resume, config=plain(cfg), export=cfg.get("export"),
+                    rank=ctx.rank)
 
 
 def _experiment_images(cfg: DictConfig, ctx: Context, rel_paths):

@@ -43,7 +43,10 @@ from .tracking import Tracker
 
 @dataclass
 class TrainConfig:
-    """Every knob of the loop.  Defaults are the paper's recipe where it gives one."""
+    """Every knob of a training run.  Defaults are the paper's recipe (section 3) where it gives one.
+
+    It is also the schema of ``configs/train.yaml``'s ``train:`` section (registered with Hydra's ConfigStore by
+    ``zf.edge``), so a misspelt or unknown ``train.*`` key is an error when the config is composed."""
 
     epochs: int = 70
     batch_size: int = 128                 # global batch; split across distributed processes
@@ -53,18 +56,22 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "plateau"             # plateau (lowered x0.1 when val loss stalls) | onecycle | cosine | step | constant
     plateau_patience: int = 2
-    step_epochs: Sequence[int] = ()       # for schedule=step: epochs at which lr is divided by 10
+    step_epochs: list[int] = field(default_factory=list)  # for schedule=step: epochs at which lr is divided by 10
     warmup_fraction: float = 0.25         # for onecycle
     label_smoothing: float = 0.0
     clip_radius: float | None = 0.1       # feature scale clipping (RMS radius); None to switch off
     clip_layers: str = "all"              # all | conv1: which conv layers are clipped
-    sizes: dict = field(default_factory=dict)  # {first_epoch: input size}: progressive resizing; {} keeps the data's
+    sizes: dict | None = None             # {first_epoch: input size}: progressive resizing; None keeps the data's
     val_every: int = 1
-    snapshot_epochs: Sequence[int] = (1, 2, 5, 10, 20)  # feature-extractor snapshots (paper Fig. 4); the last is added
+    snapshot_epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])  # feature snapshots (Fig. 4); +last
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None
     progress: bool = True
+    augment: str = "random_crop"          # random_crop (paper) | random_resized_crop | none (zf.data.BatchAugment)
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # for random_resized_crop
+    flip: bool = True                     # random horizontal flips
+    preload: bool = True                  # decode the train split into memory once (small data sets)
 
 
 def clip_feature_scale_(model: nn.Module, radius: float = 0.1, layers: str = "all") -> int:
@@ -437,24 +444,24 @@ def export_checkpoint(last: str | os.PathLike, path: str | os.PathLike, half: bo
 
 def fit_task(model: nn.Module, train_set, val_set, out_dir: str | os.PathLike, cfg: TrainConfig, size: int,
              meta: dict | None = None, tracker: Tracker | None = None, resume: bool = True, config: dict | None = None,
-             augment: str = "random_crop", crop_scale=(0.35, 1.0), flip: bool = True, preload: bool = True,
              export: str | os.PathLike | None = None, rank: int = 0) -> float:
-    """A whole training run as ``scripts/train.py`` does it: decode the sets into memory (``preload``), augment
-    batches to ``size`` (``zf.data.BatchAugment``), ``fit``, then write ``history.json``, ``curves.png``, the
-    exported weights (``export``) and ``skipped.txt`` (unreadable images).  Returns the best val top-1 accuracy."""
+    """A whole training run as ``scripts/train.py`` does it: decode the sets into memory (``cfg.preload``), augment
+    batches to ``size`` (``zf.data.BatchAugment`` with ``cfg.augment``, ``crop_scale``, ``flip``), ``fit``, then
+    write ``history.json``, ``curves.png``, the exported weights (``export``) and ``skipped.txt`` (unreadable
+    images).  Returns the best val top-1 accuracy."""
     import json
 
     from .data import BatchAugment, TensorImages
     from .data import preload as decode
 
     out_dir = Path(out_dir)
-    base = train_set
-    if preload:
+    bases = [d for d in (train_set, val_set) if d is not None]  # where unreadable files are listed
+    if cfg.preload:
         train_set = TensorImages(*decode(train_set, progress=rank == 0 and cfg.progress))
         if val_set is not None:
             val_set = TensorImages(*decode(val_set, progress=rank == 0 and cfg.progress))
     history = fit(model, train_set, val_set, out_dir, cfg, meta=meta, tracker=tracker, resume=resume,
-                  config_to_save=config, augment=BatchAugment(size, augment, crop_scale, flip))
+                  config_to_save=config, augment=BatchAugment(size, cfg.augment, cfg.crop_scale, cfg.flip))
     best = max((h.get("val_top1", 0.0) for h in history), default=0.0)
     if rank != 0:
         return best
@@ -467,7 +474,7 @@ def fit_task(model: nn.Module, train_set, val_set, out_dir: str | os.PathLike, c
         tracker.image("curves", fig)
     if export:
         print(f"exported {export_checkpoint(out_dir / 'checkpoints' / 'last.pt', export)}")
-    skipped = getattr(base, "skipped", [])
+    skipped = [p for d in bases for p in getattr(d, "skipped", [])]
     if skipped:
         (out_dir / "skipped.txt").write_text("\n".join(skipped) + "\n")
         print(f"{len(skipped)} unreadable images skipped, listed in {out_dir / 'skipped.txt'}")
