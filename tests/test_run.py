@@ -232,8 +232,6 @@ def test_every_experiment_config_composes(path):
         cfg = compose(_primary(path), overrides=[f"experiment={path.stem}"])
     assert cfg.paths.cache_dir
     if "task" in cfg:
-        import zf.tasks
-
         from hydra.utils import get_method
 
         assert callable(get_method(cfg.task._target_)) and cfg.task._target_.startswith("zf.tasks.")

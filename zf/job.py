@@ -23,7 +23,6 @@ from . import render
 from .cache import mine_cached
 from .deconv import METHODS
 from .errors import ConfigError
-from .layers import resolve_layer
 from .receptive import receptive_fields
 from .tracking import Tracker
 
