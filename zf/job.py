@@ -46,7 +46,7 @@ def check_args(model, layers: Sequence, k: int, methods: Sequence[str], tap: str
     names = []
     for layer in layers:
         names.append(check_invertible(model, layer, tap).name)
-    if units is not None:
+    if units is not None and units != "overview":
         probe = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
         for name in names:
             channels = activations(model, probe, name, tap).shape[1]
@@ -57,7 +57,7 @@ def check_args(model, layers: Sequence, k: int, methods: Sequence[str], tap: str
 
 
 def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers: Sequence, out: str | Path,
-             cache_dir: str | Path, *, units: Sequence[int] | None = None, overview_units: int = 16, k: int = 9,
+             cache_dir: str | Path, *, units: Sequence[int] | str | None = None, overview_units: int = 16, k: int = 9,
              methods: Sequence[str] = ("deconvnet",), tap: str = "relu", seed_mode: str = "activation",
              norm: str = "identity", display: str = "symmetric", mine_layers: Sequence = (), batch_size: int = 64,
              num_workers: int = 1, device="cpu", seed: int = 0, gallery: bool = True, dpi: int = 110,
@@ -71,7 +71,8 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         layers: layers to render (numbers, names or module paths); ``mine_layers`` are mined in the same pass and
             cached for later runs. units: channels to render (``None``: all; the overview then shows
             ``overview_units`` random units among those that fire, seeded by ``seed``; dead units are listed in the
-            summary as ``dead_units`` and marked in the figures and the gallery).
+            summary as ``dead_units`` and marked in the figures and the gallery; ``"overview"``: only the overview's
+            units, for big layers).
         methods: the first is the main one; the others are computed too (the gallery toggles between them).
         info: extra keys for ``summary.json`` (model name, checkpoint, weights).
     """
@@ -91,8 +92,9 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
     info_layers, figs, selected = {}, {}, {}
     for layer in targets:
         full = tables[layer]
-        chosen = [int(u) for u in units] if units is not None else full.units.tolist()
-        overview = chosen if units is not None else full.choose_units(overview_units, seed)
+        overview = full.choose_units(overview_units, seed) if units is None or units == "overview" else \
+            [int(u) for u in units]
+        chosen = full.units.tolist() if units is None else overview
         table = selected[layer] = full.select(chosen)
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
                                           seed_mode, norm, display, device, dpi, tracker, progress)

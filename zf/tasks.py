@@ -79,8 +79,8 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     normalize, transform = normalize_from_cfg(cfg, model)
     dataset = dataset_from_cfg(cfg, cfg.get("split"))
     layers = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
-    units = None if cfg.units is None else [int(u) for u in (cfg.units if OmegaConf.is_list(cfg.units)
-                                                             else [cfg.units])]
+    units = cfg.units if cfg.units in (None, "overview") else [
+        int(u) for u in (cfg.units if OmegaConf.is_list(cfg.units) else [cfg.units])]
     from .deconv import METHODS
 
     methods = [cfg.method] + ([m for m in METHODS if m != cfg.method]
