@@ -107,18 +107,20 @@ def _call_counts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
 
 
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | str, clone: bool = True,
-            stop: bool = True) -> dict[str, torch.Tensor]:
+            stop: bool = True, probe: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Run ``model(x)`` and return ``{path: output}`` of the modules at ``layers`` (paths, see ``find_module``).
 
     Outputs are cloned (an in-place ReLU after the module cannot change them; the clone keeps the autograd graph).
     A module that runs several times is read at its last call.  With ``stop`` the forward ends as soon as every
     requested module has made all its calls (a probe forward on one input counts them, once per model and input
     shape), so reading ``layer3`` of a ResNet does not pay for ``layer4`` and ``fc``.  Runs in the model's current
-    mode (call ``model.eval()`` first for dropout off and batch-norm running statistics).
+    mode (call ``model.eval()`` first for dropout off and batch-norm running statistics).  ``probe``: an input to
+    count the calls on instead of ``x`` (a whole image when ``x`` is a crop too small for the layers after the
+    target).
     """
     paths = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     mods = {p: find_module(model, p) for p in paths}
-    need = _call_counts(model, x) if stop else {}
+    need = _call_counts(model, x if probe is None else probe) if stop else {}
     missing = [p for p in paths if stop and need.get(p, 0) == 0]
     if missing:
         raise LayerError(f"layer {missing[0]!r} of {type(model).__name__} does not run in its forward; pick a "
@@ -202,6 +204,19 @@ _ACTS = _table()
 _PLAIN = {torch.relu_: torch.relu, torch.Tensor.relu_: torch.relu, F.relu_: torch.relu, torch.Tensor.relu: torch.relu}
 
 
+def _avg_pool(func, args, kwargs):
+    """A functional max pool as the average pool of the same windows (receptive fields: every input counts)."""
+    if func is F.adaptive_max_pool2d:
+        return F.adaptive_avg_pool2d(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    a = dict(zip(names, args), **kwargs)
+    if a.get("dilation", 1) not in (1, (1, 1), [1, 1]) or a.get("return_indices"):
+        raise ValueError("receptive field: a dilated max pool or one returning indices is not supported")
+    stride = a.get("stride") or a["kernel_size"]
+    return F.avg_pool2d(a["input"], a["kernel_size"], stride, a.get("padding", 0), bool(a.get("ceil_mode", False)),
+                        True)
+
+
 class _RuleMode(TorchFunctionMode):
     """Swap every activation call for ``_Rule`` with ``method`` (``None``: count nothing, run as is)."""
 
@@ -211,6 +226,8 @@ class _RuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if self.method == "identity" and func in (F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d):
+            return _avg_pool(func, args, kwargs)
         spec = _ACTS.get(func) if self.method else None
         if spec is None or not args or not isinstance(args[0], torch.Tensor):
             return func(*args, **kwargs)
@@ -378,7 +395,7 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
             x = images[r[:, 0, None, None, None], torch.arange(images.shape[1], device=r.device)[None, :, None, None],
                        ys[:, None, :, None], xs[:, None, None, :]].detach().requires_grad_(True)
             with torch.enable_grad(), rules(method):
-                acts = capture(model, x, [path])[path]
+                acts = capture(model, x, [path], probe=images[:1])[path]
             sy, sx = rf.stride_hw
             y = r[:, 2] - torch.div(ay[idx], sy, rounding_mode="floor")
             xx = r[:, 3] - torch.div(ax[idx], sx, rounding_mode="floor")
