@@ -1,4 +1,4 @@
-"""Receptive-field arithmetic for the ``features`` of a network (Araujo et al., Distill 2019; PAPER.md "Published
+"""Receptive fields: arithmetic for the ``features`` of a network (Araujo et al., Distill 2019; PAPER.md "Published
 receptive fields").
 
 For a unit at row ``y`` of a layer, its box in the input is ``[y * stride + offset, y * stride + offset + size)``
@@ -10,6 +10,10 @@ For a unit at row ``y`` of a layer, its box in the input is ``[y * stride + offs
 
 Pointwise layers (ReLU, LRN, batch norm, dropout, identity) change nothing.  The deconvnet (``zf.deconv``) crops with
 the same windows, so a projection is zero outside its unit's box.
+
+Any other network (ResNet, DenseNet, GoogLeNet, dilated or rectangular kernels): ``graph_receptive_fields``
+measures size, stride and offset per axis as the exact support of one unit's input gradient in a linearised float64
+copy of the model (``RF.size_hw`` etc.; boxes may exceed the image), keyed by module path.
 
     >>> from zf.models import zfnet
     >>> receptive_fields(zfnet())["pool5"]
