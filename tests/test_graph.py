@@ -388,3 +388,36 @@ def test_list_layers_small():
     assert list(rows) == ["a", "pool", "b", "c"]
     assert rows["a"].shape == (4, 30, 19) and rows["a"].rf_size == (3, 5) and rows["a"].rf_stride == (1, 2)
     assert rows["pool"].rf_size == (4, 9) and rows["pool"].rf_stride == (2, 2)
+
+
+class Ceil(nn.Module):
+    """GoogLeNet-style ceil-mode max pools, a 1x1 stride-2 shortcut, and a clamp (Hardtanh(-1, 1)) that must not cut
+    the receptive field."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.skip = nn.Conv2d(6, 6, 1, stride=2)
+        self.c = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.a(x)), 3, 2, ceil_mode=True)
+        x = F.hardtanh(F.relu(self.b(x)) + self.skip(x), -1.0, 1.0)
+        return F.max_pool2d(self.c(x), 3, 2, ceil_mode=True)
+
+
+def test_crop_exact_with_ceil_mode_pools_and_clamps():
+    torch.manual_seed(0)
+    model = Ceil().eval()
+    images = torch.randn(2, 3, 61, 61)  # odd sizes: ceil-mode windows hang over the maps' right edges
+    rf = graph_receptive_fields(model, (61, 61), ["c"])["c"]
+    assert rf.size_hw == (17, 17) and rf.stride_hw == (4, 4)  # conv 3, pool 3/2, conv 3/2 (and the 1x1 path), conv 3
+    acts = capture(model, images, ["c"])["c"]
+    h, w = acts.shape[2:]
+    rows = torch.tensor([[0, 1, 0, 0], [1, 2, h - 1, w - 1], [0, 3, h // 2, w - 1], [1, 0, h - 1, 1]])
+    for method in ("deconvnet", "guided", "gradient"):
+        a = project_graph(model, images, rows, "c", method, crop=True)
+        b = project_graph(model, images, rows, "c", method, crop=False)
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * float(b.abs().max()))

@@ -237,6 +237,8 @@ class _RuleMode(TorchFunctionMode):
         kind, n = spec
         rest = list(args[1:n])
         kwargs.pop("inplace", None)
+        if kind == "hardtanh" and self.method == "identity":  # receptive fields: a clamp must not cut a path
+            return _Rule.apply(args[0], None, "act", "identity")
         if kind == "hardtanh":
             lo = rest[0] if rest else kwargs.get("min_val", -1.0)
             hi = rest[1] if len(rest) > 1 else kwargs.get("max_val", 1.0)
