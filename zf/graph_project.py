@@ -67,16 +67,27 @@ def _full(model, images, rows, path, method, seed, chunk, out, batched=False):
             out[idx] = gx[:, 0]
 
 
+def _crop_len(n: int, size: int, stride: int) -> int:
+    length = min(n, size + stride - 1)
+    return min(n, length + (n - length) % stride)
+
+
 def _crops(rf, rows, H, W):
-    """Per row: the crop [a, e) per axis covering the unit's receptive field, its start a a multiple of the stride."""
+    """Per row and axis the crop [a, a + L) of the image that holds the unit's receptive field, ``a`` a multiple of
+    the layer's stride (so every intermediate map keeps its grid and its padding), one length L for all rows:
+    the field plus stride - 1, grown until ``n - L`` is a multiple of the stride, so that a crop that would pass
+    the image's far edge can end exactly there instead (the image's own border, with its own padding)."""
     out = []
     for ax, (n, size, stride, off) in enumerate(((H, rf.size_hw[0], rf.stride_hw[0], rf.offset_hw[0]),
                                                   (W, rf.size_hw[1], rf.stride_hw[1], rf.offset_hw[1]))):
         u = rows[:, 2 + ax]
-        start = (u * stride + off).clamp_min(0)
-        a = torch.div(start, stride, rounding_mode="floor") * stride
-        e = (a + min(n, size + stride - 1)).clamp_max(n)
-        out.append((a, e))
+        length = _crop_len(n, size, stride)
+        if length >= n:
+            a = torch.zeros_like(u)
+        else:
+            a = torch.div((u * stride + off).clamp_min(0), stride, rounding_mode="floor") * stride
+            a = torch.where(a + length > n, torch.full_like(a, n - length), a)
+        out.append((a, a + length))
     return out
 
 
@@ -103,11 +114,8 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
             loc = torch.stack([ar, r[:, 1], y, xx], 1)
             _check_units(loc, acts.shape, path)
             gx = torch.autograd.grad(acts, x, _seeds(acts, ar, r[:, 1], y, xx, seed))[0]
-            canvas = torch.zeros(len(r), *images.shape[1:], dtype=gx.dtype, device=gx.device)
-            for j in range(len(r)):
-                a0, a1 = int(ay[idx[j]]), int(ax[idx[j]])
-                canvas[j, :, a0:a0 + hw[0], a1:a1 + hw[1]] = gx[j]
-            out[idx] = canvas
+            for j, (i, a0, a1) in enumerate(zip(idx.tolist(), ay[idx].tolist(), ax[idx].tolist())):
+                out[i, :, a0:a0 + hw[0], a1:a1 + hw[1]] = gx[j]  # out is zero elsewhere
 
 
 def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, method: str = "deconvnet",
@@ -141,7 +149,7 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
         rf = None
         if crop is None or crop:
             rf = graph_receptive_fields(model, (H, W), [path])[path]
-            area = min(H, rf.size_hw[0] + rf.stride_hw[0] - 1) * min(W, rf.size_hw[1] + rf.stride_hw[1] - 1)
+            area = _crop_len(H, rf.size_hw[0], rf.stride_hw[0]) * _crop_len(W, rf.size_hw[1], rf.stride_hw[1])
             crop = crop if crop is not None else area < 0.5 * H * W
         if crop:
             _cropped(model, images, rows, path, method, seed, int(chunk), out, rf)
