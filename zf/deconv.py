@@ -451,7 +451,6 @@ def _graph_windows(model, images, rows, layer, method, seed, tap, batch_size):
     path = resolve_layer(model, layer, tap).path
     hw = tuple(images.shape[2:])
     rf = graph_receptive_fields(model, hw, [path])[path]
-    full = project_graph(model, images, rows, path, method, seed, chunk=batch_size or 64)
     sh, sw = min(rf.size_hw[0], hw[0]), min(rf.size_hw[1], hw[1])
     corners = torch.stack([rows[:, 2] * rf.stride_hw[0] + rf.offset_hw[0],
                            rows[:, 3] * rf.stride_hw[1] + rf.offset_hw[1]], 1)
@@ -459,8 +458,13 @@ def _graph_windows(model, images, rows, layer, method, seed, tap, batch_size):
         corners[:, 0] = 0
     if rf.size_hw[1] > hw[1]:
         corners[:, 1] = 0
-    win, ok = _gather(full, torch.arange(len(rows), device=rows.device), corners[:, 0], corners[:, 1], sh, sw)
-    return torch.where(ok, win, 0), corners
+    out = images.new_zeros(len(rows), images.shape[1], sh, sw)
+    for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
+        sl = slice(b0, b0 + 256)
+        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size or 64)
+        win, ok = _gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
+        out[sl] = torch.where(ok, win, 0)
+    return out, corners
 
 
 def _paste(win: torch.Tensor, corners: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
