@@ -461,7 +461,7 @@ def _graph_windows(model, images, rows, layer, method, seed, tap, batch_size):
     out = images.new_zeros(len(rows), images.shape[1], sh, sw)
     for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
         sl = slice(b0, b0 + 256)
-        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size or 64)
+        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size)
         win, ok = _gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
         out[sl] = torch.where(ok, win, 0)
     return out, corners
@@ -514,7 +514,7 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
         from zf.graph import project_graph
 
         return project_graph(model, images, rows, resolve_layer(model, layer, tap).path, method, seed,
-                             chunk=batch_size or 64, crop=None if crop else False)
+                             chunk=batch_size, crop=None if crop else False)
     t = _target(model, layer, tap)
     if crop and t.head is None:
         win, corners = _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)

@@ -38,10 +38,10 @@ def _seeds(acts, b, ch, y, x, seed):
     return g
 
 
-def _full(model, images, rows, path, method, seed, chunk, out, batched=False):
-    """Whole images.  Default: each chunk of one image's rows runs forward on as many copies of the image and back
-    once; ``batched``: one forward per image, reverse passes ``is_grads_batched`` over the chunk (equal results;
-    slower on CPU, see the module docstring)."""
+def _full(model, images, rows, path, method, seed, chunk, out, batched=True):
+    """Whole images.  Default (``batched``): one forward per image, reverse passes ``is_grads_batched`` over chunks
+    of its rows; otherwise each chunk of one image's rows runs forward on as many copies of the image and back once
+    (equal results; slower, see ``zf.graph``'s docstring)."""
     for i in torch.unique(rows[:, 0]).tolist():
         sel = torch.nonzero(rows[:, 0] == i).flatten()
         if batched:
@@ -119,7 +119,7 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
 
 
 def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, method: str = "deconvnet",
-                  seed: str = "activation", chunk: int = 64, crop: bool | None = None) -> torch.Tensor:
+                  seed: str = "activation", chunk: int | None = None, crop: bool | None = None) -> torch.Tensor:
     """Project single activations of any network down to pixel space (see the module docstring).
 
     Args:
@@ -129,7 +129,8 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
         layer: a module path or name (``zf.layers.resolve_layer``); its output (last call) is the target.
         method: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
         seed: ``"activation"`` (the signal starts at the unit's value) or ``"one"`` (captum's Neuron* convention).
-        chunk: rows per reverse batch (memory: about ``chunk`` times one image's backward).
+        chunk: rows per reverse batch (memory: about ``chunk`` times one image's backward, or one crop's forward
+            and backward); default 64 with crops, 16 on whole images.
         crop: run each row on a stride-aligned crop of its receptive field (``None``: when the crop has under half
             the image's pixels).  Exact either way.
 
@@ -139,7 +140,7 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
     from zf.layers import resolve_layer
     from zf.receptive import graph_receptive_fields
 
-    rows = _check(images, rows, method, seed, chunk)
+    rows = _check(images, rows, method, seed, 1 if chunk is None else chunk)
     path = resolve_layer(model, layer).path
     H, W = images.shape[2:]
     out = torch.zeros(len(rows), *images.shape[1:], dtype=images.dtype, device=images.device)
@@ -152,9 +153,9 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
             area = _crop_len(H, rf.size_hw[0], rf.stride_hw[0]) * _crop_len(W, rf.size_hw[1], rf.stride_hw[1])
             crop = crop if crop is not None else area < 0.5 * H * W
         if crop:
-            _cropped(model, images, rows, path, method, seed, int(chunk), out, rf)
+            _cropped(model, images, rows, path, method, seed, int(chunk or 64), out, rf)
         else:
-            _full(model, images, rows, path, method, seed, int(chunk), out)
+            _full(model, images, rows, path, method, seed, int(chunk or 16), out)
     return out.float()
 
 
