@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from zf.deconv import activations, project, project_windows
-from zf.errors import LayerError
+from zf.errors import ConfigError, LayerError
 from zf.graph import capture, list_layers, project_graph
 from zf.layers import resolve_layer
 from zf.receptive import graph_receptive_fields, receptive_fields, unit_box
@@ -373,6 +373,10 @@ def test_layer_names_and_errors():
         resolve_layer(model, "layer33")
     with pytest.raises(KeyError):  # LayerError is a KeyError
         project_graph(model, torch.zeros(1, 3, 32, 32), [[0, 0, 0, 0]], "fc2")
+    with pytest.raises(ConfigError, match="method='deconv'"):
+        project_graph(model, torch.zeros(1, 3, 32, 32), [[0, 0, 0, 0]], "layer1", method="deconv")
+    with pytest.raises(IndexError, match="channel out of range for layer1"):
+        project_graph(model, torch.zeros(1, 3, 32, 32), [[0, 64, 0, 0]], "layer1", crop=False)
     dense = torchvision.models.densenet121()
     assert resolve_layer(dense, "denseblock3").path == "features.denseblock3"
     from zf.models import zfnet

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zf.errors import ConfigError, LayerError
+from zf.errors import LayerError
 
 METHODS = ("deconvnet", "guided", "gradient")
 SEEDS = ("activation", "one")
@@ -198,8 +198,7 @@ def _table():
          torch.Tensor.relu_: ("relu", 1), F.relu_: ("relu", 1), F.relu6: ("relu6", 1),
          F.hardtanh: ("hardtanh", 3), F.leaky_relu: ("act", 2), F.prelu: ("act", 2), F.elu: ("act", 2),
          F.selu: ("act", 1), F.celu: ("act", 2), F.gelu: ("act", 1), F.silu: ("act", 1),
-         F.hardswish: ("act", 1), F.mish: ("act", 1), torch.Tensor.relu6 if hasattr(torch.Tensor, "relu6")
-         else F.relu6: ("relu6", 1)}
+         F.hardswish: ("act", 1), F.mish: ("act", 1)}
     return t
 
 

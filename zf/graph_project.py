@@ -9,7 +9,6 @@ from zf.errors import ConfigError
 from zf.graph import METHODS, SEEDS, capture, eval_mode, rules
 
 
-
 def _check(images, rows, method, seed, chunk):
     if method not in METHODS:
         raise ConfigError(f"method={method!r}: use one of {METHODS}")
