@@ -46,3 +46,19 @@ def test_unit_box_scalar_and_vectorised():
         assert [int(getattr(v, f)[i]) for f in ("y0", "cy1", "cx0", "left", "bottom")] == \
                [s.y0, s.cy1, s.cx0, s.left, s.bottom]
     assert unit_box(rf, 2, 2, 224).outside == 0
+
+
+def test_graph_models_by_module_path_and_rectangular_boxes():
+    import torchvision
+    from torch import nn
+
+    from zf.receptive import graph_receptive_fields
+
+    assert receptive_fields(zfnet(width=0.25))["conv1"].size_hw == (7, 7)  # square RFs fill the pairs
+    rfs = graph_receptive_fields(torchvision.models.resnet18(), 64, ["layer1", "layer2.1"])
+    assert rfs["layer1"] == RF(43, 4, -21, 16) and rfs["layer2.1"].size_hw == (99, 99)  # published ResNet-18
+    net = nn.Sequential(nn.Conv2d(3, 2, (3, 7), stride=(2, 1), padding=(1, 3)))
+    rf = receptive_fields(net, (20, 30))["0"]
+    assert (rf.size_hw, rf.stride_hw, rf.offset_hw, rf.out_hw) == ((3, 7), (2, 1), (-1, -3), (10, 30))
+    b = unit_box(rf, 9, 29, (20, 30))
+    assert (b.y0, b.y1, b.x0, b.x1, b.bottom, b.right) == (17, 20, 26, 33, 0, 3)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zf.layers import Layer, resolve_layer
+from zf.layers import Layer, is_stack, resolve_layer
 
 METHODS = ("deconvnet", "guided", "gradient")
 SEEDS = ("activation", "one")
@@ -81,7 +81,10 @@ class _Target:
 
 def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> Layer:
     """The layer ``resolve_layer(model, layer, tap)``, after checking every module between it and the pixels can be
-    reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``)."""
+    reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``).
+    Models that are not ``features`` stacks go through ``zf.graph`` (autograd), which reverses anything."""
+    if not is_stack(model):
+        return resolve_layer(model, layer, tap)
     return _target(model, layer, tap).layer
 
 
@@ -165,7 +168,12 @@ def _forward_head(model: nn.Module, x: torch.Tensor, head: int, relu=F.relu) -> 
 @torch.no_grad()
 def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: str = "relu") -> torch.Tensor:
     """The activations of ``layer`` at ``tap`` (see ``zf.layers``) for images (N, 3, H, W): (N, C, h, w), or
-    (N, C, 1, 1) for a classifier layer.  Eval semantics whatever ``model.training`` is."""
+    (N, C, 1, 1) for a classifier layer.  Eval semantics whatever ``model.training`` is.  Any other model: the
+    output of the module ``layer`` names (``zf.graph.graph_activations``)."""
+    if not is_stack(model):
+        from zf.graph import graph_activations
+
+        return graph_activations(model, images, resolve_layer(model, layer, tap).path)
     t = _target(model, layer, tap)
     x, _ = _forward_features(model.features, images, t.stop)
     if t.head is not None:
@@ -390,8 +398,11 @@ def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, 
     the projections inside each unit's receptive field (s = t = ``zf.receptive`` size, zero outside the image; a
     side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
     window in the image (may be negative).  Mining crops patches from these
-    without ever building (R, 3, H, W)."""
+    without ever building (R, 3, H, W).  Any other model: ``zf.graph.project_graph`` cut to the same windows
+    (``batch_size`` is its ``chunk``)."""
     rows = _check_args(images, rows, method, seed, norm)
+    if not is_stack(model):
+        return _graph_windows(model, images, rows, layer, method, seed, tap, batch_size)
     t = _target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
@@ -433,6 +444,29 @@ def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_
     return out, corners
 
 
+def _graph_windows(model, images, rows, layer, method, seed, tap, batch_size):
+    from zf.graph import project_graph
+    from zf.receptive import graph_receptive_fields
+
+    path = resolve_layer(model, layer, tap).path
+    hw = tuple(images.shape[2:])
+    rf = graph_receptive_fields(model, hw, [path])[path]
+    sh, sw = min(rf.size_hw[0], hw[0]), min(rf.size_hw[1], hw[1])
+    corners = torch.stack([rows[:, 2] * rf.stride_hw[0] + rf.offset_hw[0],
+                           rows[:, 3] * rf.stride_hw[1] + rf.offset_hw[1]], 1)
+    if rf.size_hw[0] > hw[0]:
+        corners[:, 0] = 0
+    if rf.size_hw[1] > hw[1]:
+        corners[:, 1] = 0
+    out = images.new_zeros(len(rows), images.shape[1], sh, sw)
+    for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
+        sl = slice(b0, b0 + 256)
+        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size)
+        win, ok = _gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
+        out[sl] = torch.where(ok, win, 0)
+    return out, corners
+
+
 def _paste(win: torch.Tensor, corners: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Windows (R, C, s, s) with top-left corners (R, 2) onto a zero canvas (R, C, H, W), clipped at the borders."""
     r, c, h, w = win.shape
@@ -468,10 +502,19 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
             8 rows without).
         images_per_chunk: distinct images per forward pass (``crop`` only).
 
+    Any model that is not a ``features`` stack (``zf.layers.is_stack``: ResNet, DenseNet, GoogLeNet, ...) goes
+    through ``zf.graph.project_graph``: ``layer`` is a module path, ``tap`` and ``norm`` are ignored,
+    ``batch_size`` is its ``chunk`` and ``crop=False`` turns its receptive-field crops off.
+
     Returns:
         (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.receptive.unit_box``).
     """
     rows = _check_args(images, rows, method, seed, norm)
+    if not is_stack(model):
+        from zf.graph import project_graph
+
+        return project_graph(model, images, rows, resolve_layer(model, layer, tap).path, method, seed,
+                             chunk=batch_size, crop=None if crop else False)
     t = _target(model, layer, tap)
     if crop and t.head is None:
         win, corners = _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)

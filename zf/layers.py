@@ -14,10 +14,13 @@ The *tap* of a layer is where its activations are read:
 """
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import nn
+
+from zf.errors import ConfigError, LayerError
 
 TAPS = ("relu", "conv", "output")
 
@@ -95,15 +98,40 @@ def layer_names(model: nn.Module, kind: str | None = "conv") -> list[str]:
     return [n for n, l in table.items() if isinstance(l.module, types)]
 
 
+def is_stack(model: nn.Module) -> bool:
+    """Whether ``model.features`` is an ``nn.Sequential`` of leaf modules (zfnet, AlexNet, VGG): the nets named by
+    ``layer_table`` and projected by ``zf.deconv``'s window path.  Any other model goes through ``zf.graph``."""
+    features = getattr(model, "features", None)
+    return isinstance(features, nn.Sequential) and all(next(m.children(), None) is None for m in features)
+
+
+def _resolve_graph(model: nn.Module, layer: int | str) -> Layer:
+    from zf.graph import find_module, module_paths
+
+    key = str(layer)
+    if key not in module_paths(model) and isinstance(getattr(model, "features", None), nn.Sequential):
+        table = layer_table(model)  # names of the features' children (denseblock3, ...), as for stacks
+        if key in table:
+            key = table[key].path
+    return Layer(key, key, find_module(model, key), None)
+
+
 def resolve_layer(model: nn.Module, layer: int | str, tap: str = "relu") -> Layer:
     """The module whose output is the activation of ``layer`` at ``tap`` (see the module docstring).
 
     ``layer`` is an integer 1..5 (the paper's convolutional layers: the i-th conv, or the last conv of block i for
     block-named models), a layer name (``conv4``, ``pool5``, ``fc6``, ``conv5_3``) or a module path
-    (``features.9``).  Raises ``KeyError`` listing the names that exist.
+    (``features.9``).  Raises ``zf.errors.LayerError`` (a ``KeyError``) naming close matches.
+
+    Any other model (``is_stack`` false: ResNet, DenseNet, GoogLeNet...): ``layer`` is a module path (``layer3``,
+    ``layer3.1.relu``), or the name of a child of its ``features`` (``denseblock3``); the Layer's ``name`` and
+    ``path`` are the module path, its ``index`` is ``None``, and the module's output (at its last call) is read
+    whatever ``tap`` is.
     """
     if tap not in TAPS:
-        raise ValueError(f"tap={tap!r}: use one of {TAPS}")
+        raise ConfigError(f"tap={tap!r}: use one of {TAPS}")
+    if not is_stack(model):
+        return _resolve_graph(model, layer)
     table = layer_table(model)
     key = str(layer)
     convs = layer_names(model, "conv")
@@ -118,8 +146,10 @@ def resolve_layer(model: nn.Module, layer: int | str, tap: str = "relu") -> Laye
     if key in by_path:
         key = by_path[key].name
     if key not in table:
-        raise KeyError(f"layer {layer!r} does not exist in {type(model).__name__}; layers: {', '.join(table)} "
-                       f"(or 1..{len(convs)} for the conv layers)")
+        close = difflib.get_close_matches(key, list(table) + list(by_path), n=5, cutoff=0.5)
+        hint = f"close matches: {', '.join(close)}; " if close else ""
+        raise LayerError(f"layer {layer!r} does not exist in {type(model).__name__}; {hint}layers: "
+                         f"{', '.join(table)} (or 1..{len(convs)} for the conv layers; list_layers=true lists them)")
     names = list(table)
     at = table[key]
     if tap == "conv" or not isinstance(at.module, (nn.Conv2d, nn.Linear)):

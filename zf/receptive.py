@@ -1,4 +1,4 @@
-"""Receptive-field arithmetic for the ``features`` of a network (Araujo et al., Distill 2019; PAPER.md "Published
+"""Receptive fields: arithmetic for the ``features`` of a network (Araujo et al., Distill 2019; PAPER.md "Published
 receptive fields").
 
 For a unit at row ``y`` of a layer, its box in the input is ``[y * stride + offset, y * stride + offset + size)``
@@ -11,17 +11,24 @@ For a unit at row ``y`` of a layer, its box in the input is ``[y * stride + offs
 Pointwise layers (ReLU, LRN, batch norm, dropout, identity) change nothing.  The deconvnet (``zf.deconv``) crops with
 the same windows, so a projection is zero outside its unit's box.
 
+Any other network (ResNet, DenseNet, GoogLeNet, dilated or rectangular kernels): ``graph_receptive_fields``
+measures size, stride and offset per axis as the exact support of one unit's input gradient in a linearised float64
+copy of the model (``RF.size_hw`` etc.; boxes may exceed the image), keyed by module path.
+
     >>> from zf.models import zfnet
     >>> receptive_fields(zfnet())["pool5"]
     RF(size=171, stride=32, offset=-59, out_size=6)
 """
 from __future__ import annotations
 
+import copy
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from zf.layers import layer_table
@@ -31,17 +38,36 @@ POINTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropo
 
 @dataclass(frozen=True)
 class RF:
-    """Receptive field of the units of one layer (square kernels assumed; rows and columns alike).
+    """Receptive field of the units of one layer.
 
     size: side of a unit's box in input pixels.  stride: input pixels between neighbouring units.
     offset: first pixel of unit (0, 0)'s box (= minus the accumulated padding; the box's centre is
     ``offset + (size - 1) / 2``).  out_size: side of the layer's map for the ``input_size`` it was computed at.
+    These four are the rows' (y axis) values; ``size_hw``, ``stride_hw``, ``offset_hw``, ``out_hw`` hold
+    (rows, columns), equal pairs for square fields (left out, they copy the row values).
     """
 
     size: int
     stride: int
     offset: int
     out_size: int
+    size_hw: tuple | None = None
+    stride_hw: tuple | None = None
+    offset_hw: tuple | None = None
+    out_hw: tuple | None = None
+
+    def __post_init__(self):
+        for f, v in (("size_hw", self.size), ("stride_hw", self.stride), ("offset_hw", self.offset),
+                     ("out_hw", self.out_size)):
+            if getattr(self, f) is None:
+                object.__setattr__(self, f, (v, v))
+
+    @classmethod
+    def hw(cls, size, stride, offset, out) -> "RF":
+        """An RF from (rows, columns) pairs."""
+        pair = lambda v: tuple(int(a) for a in v)  # noqa: E731
+        return cls(int(size[0]), int(stride[0]), int(offset[0]), int(out[0]), pair(size), pair(stride),
+                   pair(offset), pair(out))
 
     def start(self, y):
         """First input pixel of unit row (or column) ``y`` (int or array)."""
@@ -88,8 +114,20 @@ def out_size(n: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
     return o
 
 
-def receptive_fields(model: nn.Module, input_size: int = 224) -> "OrderedDict[str, RF]":
-    """RF of every layer of ``model.features``, by the names of ``zf.layers.layer_table`` in forward order."""
+def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) -> "OrderedDict[str, RF]":
+    """RF of every layer.  For a ``features`` stack of leaf modules (``zf.layers.is_stack``): every layer of
+    ``model.features`` by the names of ``zf.layers.layer_table``, in forward order, by the recurrence above.  For any
+    other model: every module with a 4-D output, by module path, measured (``graph_receptive_fields``)."""
+    from zf.layers import is_stack
+
+    if not is_stack(model):
+        from zf.graph import minable_layers
+
+        return graph_receptive_fields(model, input_size, [p for p, _ in minable_layers(model, input_size)])
+    if not isinstance(input_size, int):
+        if input_size[0] != input_size[1]:
+            raise ValueError(f"input_size {input_size}: the sequential receptive fields take a square input")
+        input_size = int(input_size[0])
     size, stride, offset, n = 1, 1, 0, input_size
     out: OrderedDict[str, RF] = OrderedDict()
     for name, layer in layer_table(model).items():
@@ -140,9 +178,9 @@ def unit_box(rf: RF, y, x, image_size: int | tuple[int, int]) -> Box:
     h, w = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
     scalar = np.ndim(y) == 0 and np.ndim(x) == 0
     y, x = np.asarray(y, dtype=np.int64), np.asarray(x, dtype=np.int64)
-    y0 = y * rf.stride + rf.offset
-    x0 = x * rf.stride + rf.offset
-    y1, x1 = y0 + rf.size, x0 + rf.size
+    y0 = y * rf.stride_hw[0] + rf.offset_hw[0]
+    x0 = x * rf.stride_hw[1] + rf.offset_hw[1]
+    y1, x1 = y0 + rf.size_hw[0], x0 + rf.size_hw[1]
     cy0, cy1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     cx0, cx1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     vals = [y0, y1, x0, x1, cy0, cy1, cx0, cx1, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1]
@@ -151,4 +189,141 @@ def unit_box(rf: RF, y, x, image_size: int | tuple[int, int]) -> Box:
     return Box(*vals)
 
 
-__all__ = ["RF", "Box", "receptive_fields", "unit_box", "geometry", "out_size"]
+# ---------------------------------------------------------------------------------------------------------------
+# any graph: the support of one unit's gradient in a linearised copy
+
+_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Hardswish,
+         nn.Mish, nn.Hardtanh)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d)
+_RF_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _linearised(model: nn.Module) -> nn.Module:
+    """A float64 copy whose every unit depends on its inputs with positive weight and no cancellation: convolutions
+    and linear layers with constant weights 1/fan-in and no bias, max pools replaced by average pools (same
+    windows), activations, batch norm, LRN, dropout and channel-wise LayerNorm by the identity."""
+    m = copy.deepcopy(model).cpu().double().eval()
+
+    def swap(parent: nn.Module):
+        for name, c in parent.named_children():
+            new = None
+            if isinstance(c, (nn.MaxPool2d, nn.MaxPool1d)) and not isinstance(c, nn.MaxPool3d):
+                if _pairs(c.dilation) != (1, 1):
+                    raise ValueError(f"receptive field: dilated max pool {name} is not supported")
+                new = nn.AvgPool2d(c.kernel_size, c.stride, c.padding, c.ceil_mode, count_include_pad=True)
+            elif isinstance(c, nn.AdaptiveMaxPool2d):
+                new = nn.AdaptiveAvgPool2d(c.output_size)
+            elif isinstance(c, _ACTS + _NORMS) or (isinstance(c, nn.LayerNorm) and len(c.normalized_shape) == 1):
+                new = nn.Identity()
+            if new is not None:
+                setattr(parent, name, new)
+            else:
+                swap(c)
+
+    swap(m)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                mod.weight.fill_(1.0 / max(1, mod.weight[0].numel()))
+                if mod.bias is not None:
+                    mod.bias.zero_()
+            else:
+                for prm in mod.parameters(recurse=False):
+                    prm.fill_(1.0)
+    return m
+
+
+def _pairs(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _measure(lin: nn.Module, hw: tuple[int, int], paths: list[str], axis: int | None) -> dict[str, dict]:
+    """One forward of ones of size hw through the linearised copy (one batch element per seed), then per distinct
+    output tensor one reverse pass seeding the rows 0, 1, h-1 (all columns) and the columns 0, 1, w-1 (all rows).  Returns per path
+    and axis (0 rows, 1 columns; ``axis`` None: both) ``(size, stride, offset)``, left out where the image clips the
+    boxes (measure again on a larger input) or the map has one unit."""
+    from zf.graph import capture, rules
+
+    axes = (0, 1) if axis is None else (axis,)
+    x = torch.ones(3 * len(axes), 3, *hw, dtype=torch.float64, requires_grad=True)  # one copy per seed
+    with torch.enable_grad(), rules("identity"):
+        outs = capture(lin, x, paths, clone=False)
+    res: dict[str, dict] = {p: {} for p in paths}
+    done: dict[int, dict] = {}
+    for p in paths:
+        o = outs[p]
+        key = id(o)  # activations, batch norm... are identities in the copy: their output is the same tensor
+        if key not in done:
+            h, w = o.shape[2:]
+            n_map = (h, w)
+            g, which = torch.zeros_like(o), []
+            for i, ax in enumerate(axes):
+                if n_map[ax] < 2:
+                    continue
+                for k, u in enumerate((0, 1, n_map[ax] - 1)):
+                    if ax == 0:
+                        g[3 * i + k, :, u, :] = 1.0
+                    else:
+                        g[3 * i + k, :, :, u] = 1.0
+                which.append((i, ax))
+            got = {}
+            if which:
+                gx = torch.autograd.grad(o, x, g, retain_graph=True)[0]
+                for i, ax in which:
+                    prof = [gx[3 * i + k].abs().sum(0).sum(1 - ax) for k in range(3)]
+                    nz = [torch.nonzero(v > 0).flatten() for v in prof]
+                    end0, end1, start_last = int(nz[0][-1]) + 1, int(nz[1][-1]) + 1, int(nz[2][0])
+                    if end1 >= hw[ax] or start_last <= 0:
+                        continue
+                    stride = end1 - end0
+                    offset = start_last - (n_map[ax] - 1) * stride
+                    got[ax] = (end0 - offset, stride, offset)
+            done[key] = got
+        res[p] = done[key]
+    return res
+
+
+def graph_receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224,
+                           paths: list[str] | None = None) -> "OrderedDict[str, RF]":
+    """RF of the modules at ``paths`` (module paths with 4-D outputs) of any network, per axis, measured as the
+    exact support of the input gradient in a linearised float64 copy (``_linearised``): the last row of units'
+    support starts at its boxes' first pixel, rows 0 and 1 end at their boxes' last ones, which gives offset, size
+    and stride (columns alike).  Branches (residual, inception, dense) take the union by themselves, dilated and
+    rectangular kernels need no rule.  Where the image clips a box the axis is measured again on inputs twice as
+    long on that axis (up to 8x).  A layer whose units see the whole image at every size (global pooling,
+    squeeze-excitation) or whose map has one unit gets ``size`` = the input size, ``offset`` 0 and ``stride`` =
+    ceil(input / map) on that axis.  Cached per model and input size."""
+    from zf.graph import capture, eval_mode, minable_layers, rules
+
+    hw = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
+    if paths is None:
+        paths = [p for p, _ in minable_layers(model, hw)]
+    cache = _RF_CACHE.setdefault(model, {})
+    todo = [p for p in paths if (p, hw) not in cache]
+    if todo:
+        with eval_mode(model):
+            lin = _linearised(model)
+        with torch.no_grad(), rules("identity"):
+            o = capture(lin, torch.zeros(1, 3, *hw, dtype=torch.float64), todo, clone=False)
+        for p in todo:
+            if o[p].dim() != 4:
+                raise ValueError(f"receptive field of {p}: its output has shape {tuple(o[p].shape)}, not (N, C, h, w)")
+        shapes = {p: tuple(o[p].shape[2:]) for p in todo}
+        del o
+        found: dict[str, dict] = {p: {} for p in todo}
+        for p, got in _measure(lin, hw, todo, None).items():
+            found[p].update(got)
+        for ax in (0, 1):
+            left, f = [p for p in todo if ax not in found[p] and shapes[p][ax] > 1], 2
+            while left and f <= 8:
+                size = (hw[0] * f, hw[1]) if ax == 0 else (hw[0], hw[1] * f)
+                for p, got in _measure(lin, size, left, ax).items():
+                    found[p].update(got)
+                left, f = [p for p in left if ax not in found[p]], f * 2
+        for p in todo:
+            vals = [found[p].get(ax, (hw[ax], -(-hw[ax] // shapes[p][ax]), 0)) for ax in (0, 1)]
+            cache[(p, hw)] = RF.hw(*zip(*vals), shapes[p])
+    return OrderedDict((p, cache[(p, hw)]) for p in paths)
+
+
+__all__ = ["RF", "Box", "receptive_fields", "graph_receptive_fields", "unit_box", "geometry", "out_size"]
