@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 
 from .data import Normalize, Tagged, add_skipped, collate_tagged, record_skipped
 from .errors import ConfigError, DataError, LayerError
-from .layers import TAPS, resolve_layer
-from .receptive import receptive_fields
+from .layers import TAPS, is_stack, resolve_layer
+from .receptive import receptive_fields, unit_box
 from .results import TopK
 
 
@@ -75,10 +75,10 @@ def merge(parts: Iterable[dict]) -> dict:
     return out.state()
 
 
-def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int, str]:
-    """{index in model.features: layer name} of the tapped modules; all taps must lie in ``features``.  Raises
-    ``ConfigError`` for an unknown tap or no layers, ``LayerError`` for a layer the model lacks or one in the
-    classifier."""
+def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int | str, str]:
+    """{where to read: layer name} of the tapped modules: for a ``features`` stack the module's index there (every
+    tap must lie in ``features``), for any other network its module path (``zf.graph``).  Raises ``ConfigError``
+    for an unknown tap or no layers, ``LayerError`` for a layer the model lacks or one in the classifier."""
     if tap not in TAPS:
         raise ConfigError(f"tap={tap!r} is not a tap; use one of {', '.join(TAPS)}")
     if isinstance(layers, (str, int)):
@@ -93,6 +93,9 @@ def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int, str
             raise LayerError(str(e)) from None
         except KeyError as e:
             raise LayerError(str(e.args[0]) if e.args else str(e)) from None
+        if not is_stack(model):
+            taps[L.path] = L.name
+            continue
         if L.index is None:
             raise LayerError(f"layer {layer!r} ({L.name}) is in the classifier; mining covers the convolutional "
                              "layers of model.features")
@@ -100,11 +103,17 @@ def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int, str
     return taps
 
 
-def run_features(model: nn.Module, x: torch.Tensor, taps: dict[int, str]) -> dict[str, torch.Tensor]:
-    """Forward ``x`` through ``model.features`` only as far as the last tap; {name: activation (N, C, h, w)}.
+def run_features(model: nn.Module, x: torch.Tensor, taps: dict[int | str, str]) -> dict[str, torch.Tensor]:
+    """Forward ``x`` only as far as the last tap; {name: activation (N, C, h, w)}.
 
-    A tapped activation is copied when the next module works in place (torchvision's ``ReLU(inplace=True)``
-    after a conv would otherwise rectify the conv output that ``tap="conv"`` reads)."""
+    A ``features`` stack is walked module by module, and a tapped activation is copied when the next module works
+    in place (torchvision's ``ReLU(inplace=True)`` after a conv would otherwise rectify the conv output that
+    ``tap="conv"`` reads).  Any other network runs through ``zf.graph.capture`` (hooks that copy, stopping after
+    the last tapped module)."""
+    if not all(isinstance(key, int) for key in taps):
+        from .graph import capture
+
+        return {taps[p]: v for p, v in capture(model, x, list(taps)).items()}
     out = {}
     last = max(taps)
     mods = list(model.features)
@@ -282,19 +291,13 @@ def to_tables(model: nn.Module, states: dict, map_sizes: dict, image_size: tuple
         value, image, pos = (s[f].numpy() for f in ("value", "image", "pos"))
         h, w = map_sizes.get(name, (rfs[name].out_size, rfs[name].out_size))
         y, x = pos // w, pos % w
-        box = unit_box_array(rfs[name], y, x)
+        b = unit_box(rfs[name], y, x, image_size)
+        box = np.stack([b.y0, b.y1, b.x0, b.x1], -1).astype(np.int64)
         empty = image < 0
         value = np.where(empty, np.nan, value).astype(np.float32)
         tables[name] = TopK(units=np.arange(value.shape[0]), activation=value, image=image.astype(np.int64),
                             y=y.astype(np.int64), x=x.astype(np.int64), box=box)
     return tables
-
-
-def unit_box_array(rf, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(…, 4) boxes y0, y1, x0, x1 (half-open, unclipped) for arrays of unit positions."""
-    y0 = y * rf.stride + rf.offset
-    x0 = x * rf.stride + rf.offset
-    return np.stack([y0, y0 + rf.size, x0, x0 + rf.size], -1).astype(np.int64)
 
 
 def mine_brute_force(model: nn.Module, images: torch.Tensor, layer, k: int = 9, tap: str = "relu",
@@ -304,7 +307,7 @@ def mine_brute_force(model: nn.Module, images: torch.Tensor, layer, k: int = 9, 
     normalize = normalize or Normalize()
     L = resolve_layer(model, layer, tap)
     with torch.no_grad():
-        a = run_features(model.eval(), normalize(images), {L.index: L.name})[L.name]
+        a = run_features(model.eval(), normalize(images), _feature_taps(model, [layer], tap))[L.name]
     n, c, h, w = a.shape
     flat = a.reshape(n, c, h * w).numpy()
     vals, poss, imgs = [], [], []

@@ -76,6 +76,11 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     from .job import topk_job
 
     model = model_from_cfg(cfg).eval().to(ctx.device)
+    if cfg.get("list_layers"):
+        from .graph import format_layers, list_layers
+
+        print(format_layers(list_layers(model, int(cfg.data.size))))
+        return 0.0
     normalize, transform = normalize_from_cfg(cfg, model)
     dataset = dataset_from_cfg(cfg, cfg.get("split"))
     layers = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
