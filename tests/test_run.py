@@ -245,3 +245,35 @@ def test_model_and_data_groups_compose(model, data):
         assert cfg.model.name == model
         cfg = compose("train", overrides=[f"model={model}"])
         assert cfg.train.epochs > 0
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vgg16_trunk"])
+def test_main_job_on_graph_and_real_weights(tmp_path, model, imagenette, request):
+    """The main job end to end, tiny, on a ResNet-18 (no ``features`` stack: module paths, graph engine) and on the
+    real ImageNet VGG-16 trunk (activations in the hundreds): every stored projection finite, nothing saturated to
+    inf, figures and gallery written, and what stayed random recorded."""
+    if model == "resnet18":
+        args = ["model=torchvision", "model.arch_name=resnet18", "model.weights=random",
+                "layer=[layer1.1.relu,layer2]", "data.size=64"]
+        layers = ["layer1.1.relu", "layer2"]
+    else:
+        weights = request.getfixturevalue("shared_models") / "vgg16_imagenet_features.pth"
+        args = ["model=vgg16", f"model.weights={weights}", "layer=[conv2_2,conv5_3]", "data.size=64"]
+        layers = ["relu2_2", "relu5_3"]
+    run(args + ["mine_layers=[]", "units=[0,1]", "data.limit=4", "k=2", "compare_methods=true",
+                f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none",
+                "progress=false", "num_workers=0", "batch_size=4"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["layers"]) == layers
+    if model == "vgg16_trunk":
+        assert summary["weights_random"] and all(k.startswith("classifier.") for k in summary["weights_random"])
+        peak = max(float(np.load(tmp_path / "layers" / l / "deconvnet_scale.npy").max()) for l in layers)
+        assert peak > 100   # real activation scale reaches the projections
+    for layer in layers:
+        d = tmp_path / "layers" / layer
+        for m in ("deconvnet", "guided", "gradient"):
+            proj = np.load(d / f"{m}.npy").astype(np.float32) * np.load(d / f"{m}_scale.npy")[..., None, None, None]
+            assert proj.shape[:3] == (2, 2, 3) and np.isfinite(proj).all() and np.abs(proj).max() > 0
+            assert (tmp_path / "figures" / f"{layer}_{m}.png").is_file()
+        assert len(list((d / "deconvnet").glob("*.png"))) == 4
+    assert (tmp_path / "gallery" / f"layer_{layers[1]}.html").is_file()
