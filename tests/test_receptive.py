@@ -1,4 +1,4 @@
-"""Receptive fields against the published numbers (PAPER.md) and unit boxes."""
+"""Receptive fields against the published numbers (Araujo, Norris and Sim, Distill 2019) and unit boxes."""
 import numpy as np
 import pytest
 import torch

@@ -73,7 +73,7 @@ def zfnet(
     """The network of Fig. 3: conv1 7x7/2 -> ReLU -> max 3x3/2 -> norm; conv2 5x5/2 -> ReLU -> max 3x3/2 -> norm;
     conv3, conv4, conv5 3x3/1 + ReLU; max 3x3/2; fc6, fc7 (ReLU, dropout); fc8.
 
-    Padding (PAPER.md: the figure's sizes fit one convention): conv1 1, pool1 and pool2 1, conv2 0, conv3-5 1, pool5 0,
+    Padding (the paper's Fig. 3 gives map sizes, not padding; its sizes fit one convention): conv1 1, pool1 and pool2 1, conv2 0, conv3-5 1, pool5 0,
     which gives maps 110, 55, 26, 13, 13, 13, 13, 6 pixels wide for a 224 input at any width.
 
     Args:

@@ -1,5 +1,5 @@
-"""Receptive fields: arithmetic for the ``features`` of a network (Araujo et al., Distill 2019; PAPER.md "Published
-receptive fields").
+"""Receptive fields: arithmetic for the ``features`` of a network (Araujo, Norris and Sim, "Computing Receptive
+Fields of Convolutional Neural Networks", Distill 2019, whose published AlexNet and VGG16 fields the tests check).
 
 For a unit at row ``y`` of a layer, its box in the input is ``[y * stride + offset, y * stride + offset + size)``
 (half-open, unclipped).  The recurrence, layer by layer (kernel ``k``, stride ``s``, padding ``p``)::
