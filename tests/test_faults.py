@@ -2,7 +2,7 @@
 disappears between listing and reading, and truncated checkpoints (a ``CheckpointError`` naming the file).
 
 The killed processes are made to wait at a chosen point (a data set that blocks on one image; ``fit``'s
-``ZF_TRAIN_PAUSE_AT`` hook), so the kill lands mid-run for certain; a test fails if it would land late.
+``zf.faults.pause_point``), so the kill lands mid-run for certain; a test fails if it would land late.
 """
 import os
 import signal
@@ -23,7 +23,7 @@ from zf.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
-for _k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ZF_TRAIN_PAUSE_AT", "ZF_TRAIN_PAUSE_FILE"):
+for _k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ZF_PAUSE_AT", "ZF_PAUSE_FILE"):
     ENV.pop(_k, None)
 
 
@@ -129,7 +129,7 @@ def test_kill_during_training_then_resume_equals_a_clean_run(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
     killed, paused = tmp_path / "killed", tmp_path / "paused"
-    env = {**ENV, "ZF_TRAIN_PAUSE_AT": "2:3", "ZF_TRAIN_PAUSE_FILE": str(paused)}
+    env = {**ENV, "ZF_PAUSE_AT": "train:2:3", "ZF_PAUSE_FILE": str(paused)}
     proc = subprocess.Popen([sys.executable, str(script), str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _wait_then_kill(proc, paused, "training")
@@ -207,3 +207,45 @@ def test_truncated_weights_file_gives_checkpoint_error(tmp_path, keep):
         load_state_dict(p)
     msg = str(e.value)
     assert str(p) in msg and "\n" not in msg and "weights_only=False" not in msg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# kill -9 during the main job's projections and during the gallery build
+
+RUN = [sys.executable, str(ROOT / "scripts" / "run.py")]
+
+
+def _main_job(data: Path, out: Path, cache: Path) -> list[str]:
+    return RUN + [f"data.root={data}", "data.size=64", "model.checkpoint=null", "model.arch.width=0.125",
+                  "layer=[2,4]", "k=2", "logger=none", "progress=false", "num_workers=0", "batch_size=4",
+                  f"hydra.run.dir={out}", f"paths.cache_dir={cache}"]
+
+
+def _files(run: Path, skip=("summary.json", "index.html", "run.log")) -> dict[str, bytes]:
+    """Every file a run wrote, by relative path, but the ones that hold the date, the cache path or logs."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name not in skip and ".hydra" not in p.parts and "wandb" not in p.parts}
+
+
+def _summary(run: Path) -> dict:
+    import json
+
+    s = json.loads((run / "summary.json").read_text())
+    return {k: v for k, v in s.items() if k not in ("date", "mining_cache")}
+
+
+@pytest.mark.parametrize("point", ["render:relu4", "gallery"])
+def test_kill_during_projection_or_gallery_then_rerun_equals_a_clean_run(tmp_path, point):
+    data = write_tree(tmp_path / "data", per_class=1, val_per_class=3)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(_main_job(data, clean, tmp_path / "cache"), env=ENV, check=True, capture_output=True, timeout=600)
+    paused = tmp_path / "paused"
+    proc = subprocess.Popen(_main_job(data, killed, tmp_path / "cache"), env={**ENV, "ZF_PAUSE_AT": point,
+                            "ZF_PAUSE_FILE": str(paused)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_then_kill(proc, paused, point)
+    assert not (killed / "gallery" / "index.html").exists()   # it died before finishing
+    subprocess.run(_main_job(data, killed, tmp_path / "cache"), env=ENV, check=True, capture_output=True, timeout=600)
+    assert _summary(killed) == _summary(clean)
+    a, b = _files(clean), _files(killed)
+    assert sorted(a) == sorted(b) and all(a[k] == b[k] for k in a)
+    assert any(k.startswith("layers/relu4/deconvnet/") for k in a) and "gallery/layer_relu4.html" in a

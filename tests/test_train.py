@@ -103,7 +103,7 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
     last = killed / "checkpoints" / "last.pt"
     paused = tmp_path / "paused"
     # the run stops before step 2 of epoch 2 (after epoch 1's checkpoint) and waits there to be killed
-    pause = {**env, "ZF_TRAIN_PAUSE_AT": "2:2", "ZF_TRAIN_PAUSE_FILE": str(paused)}
+    pause = {**env, "ZF_PAUSE_AT": "train:2:2", "ZF_PAUSE_FILE": str(paused)}
     proc = subprocess.Popen(cmd(killed), env=pause, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600  # generous: a loaded machine can take minutes
     try:

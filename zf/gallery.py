@@ -34,7 +34,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-
+from zf.faults import pause_point
 from zf.results import TopK, layer_dir, read_image_paths, read_summary
 
 # Next to this module (package data, see pyproject.toml); a plain path rather than importlib.resources, which
@@ -290,6 +290,7 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
         (out / data_script(layer)).write_text(f"window.ZF_LAYER = {blob};\n", encoding="utf-8")
         (out / layer_page(layer)).write_text(_layer_html(layer), encoding="utf-8")
         (out / unit_page(layer)).write_text(_unit_html(layer), encoding="utf-8")
+        pause_point("gallery")
     index = out / "index.html"
     index.write_text(_index_html(run, summary, layers, missing, n_dead), encoding="utf-8")
     return index

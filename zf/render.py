@@ -16,6 +16,7 @@ from PIL import Image
 
 from . import results as R
 from .results import TopK, save_figure, write_csv
+from .faults import pause_point
 from .tracking import Tracker
 from .visualize import display, overview_figure, unit_image, unit_views
 
@@ -111,6 +112,8 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
         up = R.unit_figure_path(out, layer, u, method)
         up.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
+        if i == 0:
+            pause_point(f"render:{layer}")
     oi = [units.index(u) for u in overview]
     fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
                              mode=display_mode, dpi=dpi, dead=table.dead)

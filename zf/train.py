@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import CheckpointError
 from .data import BatchAugment, Normalize, Tagged, add_skipped, collate_tagged, record_skipped
+from .faults import pause_point
 from .tracking import Tracker
 
 
@@ -209,16 +210,10 @@ class _StepDropout:
 
 
 def _pause_point(epoch: int, step: int) -> None:
-    """Fault-injection hook for tests: with ``ZF_TRAIN_PAUSE_AT=<epoch>:<step>`` and ``ZF_TRAIN_PAUSE_FILE=<path>``
-    in the environment, the process writes its pid to that file before that step of that epoch (1-based) and waits
-    until the file is removed (or killed: the kill then lands mid-run for certain)."""
-    at = os.environ.get("ZF_TRAIN_PAUSE_AT")
-    if not at or at != f"{epoch}:{step}" or not os.environ.get("ZF_TRAIN_PAUSE_FILE"):
-        return
-    marker = Path(os.environ["ZF_TRAIN_PAUSE_FILE"])
-    marker.write_text(str(os.getpid()))
-    while marker.exists():
-        time.sleep(0.05)
+    """Fault-injection hook for tests (``zf.faults``): with ``ZF_PAUSE_AT=train:<epoch>:<step>`` and
+    ``ZF_PAUSE_FILE=<path>`` in the environment, the process writes its pid to that file before that step of that
+    epoch (1-based) and waits until the file is removed (or killed: the kill then lands mid-run for certain)."""
+    pause_point(f"train:{epoch}:{step}")
 
 
 def distributed_setup() -> tuple[int, int, torch.device]:
