@@ -308,3 +308,41 @@ def test_correspondence_experiment(tmp_path, imagenette):
     assert "| nose |" in md and "0.079 +- 0.017" in md
     assert (tmp_path / "table1.csv").read_text().count("\n") == 5
     assert (tmp_path / "figures" / "correspondence.png").is_file()
+
+
+RESNET = ["model=torchvision", "model.arch_name=resnet18", "model.weights=random", "data.size=64"]
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("occlusion", ["occlusion.images=[n03445777/ILSVRC2012_val_00022792.JPEG]", "occlusion.layer=layer4",
+                   "occlusion.size=32", "occlusion.stride=32", "occlusion.others=false"]),
+    ("invariance", ["invariance.images=[n03028079/ILSVRC2012_val_00004912.JPEG]", "invariance.translate=[0,8,8]",
+                    "invariance.scale=null", "invariance.rotate=null", "invariance.layers=[[layer1,relu],[layer4,relu]]"]),
+    ("methods", ["layer=layer2", "mine_layers=[]", "data.limit=4", "k=2", "methods.n_units=2"]),
+    ("probe", ["probe.train_images=12", "probe.val_images=6", "probe.max_iter=5"]),
+])
+def test_image_experiments_run_on_a_resnet(tmp_path, imagenette, name, overrides):
+    """The image experiments on a network without a ``features`` stack (layers by module path), tiny: each writes
+    its results, and its numbers are finite where they must be."""
+    from hydra import compose, initialize_config_dir
+
+    from zf.tasks import dispatch
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=[f"experiment={name}", "logger=none", f"paths.output_dir={tmp_path}",
+                                        f"paths.cache_dir={tmp_path / 'cache'}", f"data.root={imagenette}",
+                                        "progress=false", "dpi=40", "num_workers=0"] + RESNET + overrides)
+    value = dispatch(cfg)
+    assert np.isfinite(value)
+    if name == "occlusion":
+        s = json.loads((tmp_path / "occlusion.json").read_text())
+        assert s["layer"] == "layer4" and np.load(tmp_path / "p_true.npy").shape == (1, 2, 2)
+    elif name == "invariance":
+        s = json.loads((tmp_path / "invariance.json").read_text())
+        assert s["layers"] == ["layer1", "layer4"] and s["transforms"]["translate"]["max_distance"]["layer4"] > 0
+    elif name == "methods":
+        z = np.load(tmp_path / "methods.npz")
+        assert z["deconvnet"].shape[:2] == (2, 2) and not np.allclose(z["deconvnet"], z["gradient"])
+    else:
+        rows = json.loads((tmp_path / "probe.json").read_text())["rows"]
+        assert [r["layer"] for r in rows] == ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4"]

@@ -30,9 +30,25 @@ PAPER_TABLE7 = {1: (44.8, 24.6), 2: (66.2, 39.6), 3: (72.3, 46.0), 4: (76.6, 51.
 PAPER_TABLE7_SOFTMAX = {5: (82.9, 65.7), 7: (85.4, 72.6)}
 
 
-def probe_layers(model: nn.Module) -> "OrderedDict[str, str]":
+def probe_layers(model: nn.Module, input_size: int = 224) -> "OrderedDict[str, str]":
     """{label: module path} of the layers probed: each conv block's output (``conv1`` -> ``norm1``, ...,
-    ``conv5`` -> ``pool5``) and the hidden fc layers after their ReLU (not the last fc, which is the classifier)."""
+    ``conv5`` -> ``pool5``) and the hidden fc layers after their ReLU (not the last fc, which is the classifier).
+
+    Any other network (no ``features`` stack: ResNet, DenseNet, ...): the top-level modules with a feature-map
+    output, in forward order (``conv1 ... layer4`` of a ResNet), or the children of its one such module
+    (``features.denseblock1 ...`` of a DenseNet); label = path."""
+    from ..graph import minable_layers
+    from ..layers import is_stack
+
+    if not is_stack(model):
+        mods = dict(model.named_modules())
+        skip = (nn.modules.batchnorm._NormBase, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout, nn.Identity)
+        paths = [p for p, shape in minable_layers(model, input_size)
+                 if shape[1] * shape[2] > 1 and not isinstance(mods[p], skip)]
+        top = [p for p in paths if "." not in p]
+        if len(top) == 1:
+            top = [p for p in paths if p.count(".") == 1 and p.startswith(top[0] + ".")]
+        return OrderedDict((p, p) for p in top)
     out = OrderedDict()
     for name in layer_names(model, "conv"):
         out[name] = resolve_layer(model, name, "output").path
@@ -169,7 +185,7 @@ def run(model: nn.Module, train_set, val_set, out, *, normalize: Normalize | Non
     from ..results import save_figure, write_csv
 
     out = Path(out)
-    layers = probe_layers(model)
+    layers = probe_layers(model, int((transform or {}).get("center_crop", 224)))
     kw = dict(layers=layers, normalize=normalize, batch_size=batch_size, device=device, progress=progress)
     xtr, ytr = extract(model, train_set, **kw)
     xva, yva = extract(model, val_set, **kw)
