@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zf.data import ImageDataset, Normalize, collate_skip, default_data_root  # noqa: E402
-from zf.mining import _feature_taps, mine, run_features  # noqa: E402
+from zf.layers import resolve_layer  # noqa: E402
+from zf.mining import mine  # noqa: E402
 from zf.models import DEFAULT_CHECKPOINT, load_zfnet, zfnet  # noqa: E402
 
 
@@ -38,12 +39,14 @@ def get_model(checkpoint: str | None):
 @torch.no_grad()
 def plain_pass(model, dataset, batch_size: int, workers: int) -> float:
     normalize = Normalize()
-    taps = _feature_taps(model, [5], "relu")
+    last = resolve_layer(model, 5, "relu").index  # a bare forward through model.features up to relu5: no hooks
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          collate_fn=collate_skip)
     t = time.perf_counter()
     for x, _, _ in loader:
-        run_features(model, normalize(x), taps)
+        y = normalize(x)
+        for m in model.features[:last + 1]:
+            y = m(y)
     return time.perf_counter() - t
 
 

@@ -90,22 +90,26 @@ class _Stop(Exception):
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def _call_counts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """How often each module runs in one forward (a probe on one input, cached per model, input shape and mode)."""
+def _call_counts(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], Exception | None]:
+    """How often each module runs in one forward (a probe on one input, cached per model, input shape and mode),
+    and the error that ended the probe early, if any (an input too small for the layers after some point: the
+    modules that ran before it are counted, and only those can be read)."""
     key = (tuple(x.shape[1:]), model.training)
     plans = _PLANS.setdefault(model, {})
     if key not in plans:
         counts: dict[str, int] = {}
-        hooks = []
+        hooks, error = [], None
         for p, m in module_paths(model).items():
             hooks.append(m.register_forward_hook(lambda *_, p=p: counts.__setitem__(p, counts.get(p, 0) + 1)))
         try:
             with torch.no_grad(), rules(None):
                 model(x[:1])
+        except RuntimeError as e:
+            error = e
         finally:
             for h in hooks:
                 h.remove()
-        plans[key] = counts
+        plans[key] = (counts, error)
     return plans[key]
 
 
@@ -123,8 +127,10 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | str, clon
     """
     paths = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     mods = {p: find_module(model, p) for p in paths}
-    need = _call_counts(model, x if probe is None else probe) if stop else {}
+    need, error = _call_counts(model, x if probe is None else probe) if stop else ({}, None)
     missing = [p for p in paths if stop and need.get(p, 0) == 0]
+    if missing and error is not None:
+        raise error
     if missing:
         raise LayerError(f"layer {missing[0]!r} of {type(model).__name__} does not run in its forward; pick a "
                          "module that does (list_layers=true)")

@@ -75,10 +75,10 @@ def merge(parts: Iterable[dict]) -> dict:
     return out.state()
 
 
-def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int | str, str]:
-    """{where to read: layer name} of the tapped modules: for a ``features`` stack the module's index there (every
-    tap must lie in ``features``), for any other network its module path (``zf.graph``).  Raises ``ConfigError``
-    for an unknown tap or no layers, ``LayerError`` for a layer the model lacks or one in the classifier."""
+def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[str, str]:
+    """{module path: layer name} of the tapped modules (for a ``features`` stack every tap must lie in
+    ``features``).  Raises ``ConfigError`` for an unknown tap or no layers, ``LayerError`` for a layer the model
+    lacks or one in the classifier."""
     if tap not in TAPS:
         raise ConfigError(f"tap={tap!r} is not a tap; use one of {', '.join(TAPS)}")
     if isinstance(layers, (str, int)):
@@ -93,38 +93,21 @@ def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[int | st
             raise LayerError(str(e)) from None
         except KeyError as e:
             raise LayerError(str(e.args[0]) if e.args else str(e)) from None
-        if not is_stack(model):
-            taps[L.path] = L.name
-            continue
-        if L.index is None:
+        if is_stack(model) and L.index is None:
             raise LayerError(f"layer {layer!r} ({L.name}) is in the classifier; mining covers the convolutional "
                              "layers of model.features")
-        taps[L.index] = L.name
+        taps[L.path] = L.name
     return taps
 
 
-def run_features(model: nn.Module, x: torch.Tensor, taps: dict[int | str, str]) -> dict[str, torch.Tensor]:
-    """Forward ``x`` only as far as the last tap; {name: activation (N, C, h, w)}.
+def run_features(model: nn.Module, x: torch.Tensor, taps: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Forward ``x`` only as far as the last tap; {layer name: activation (N, C, h, w)}.  ``taps`` maps module paths
+    to names (``_feature_taps``).  The activations are read by ``zf.graph.capture``: forward hooks that copy what they
+    read (an in-place ReLU after a conv cannot rectify the conv output that ``tap="conv"`` reads) and stop the forward
+    after the last tapped module."""
+    from .graph import capture
 
-    A ``features`` stack is walked module by module, and a tapped activation is copied when the next module works
-    in place (torchvision's ``ReLU(inplace=True)`` after a conv would otherwise rectify the conv output that
-    ``tap="conv"`` reads).  Any other network runs through ``zf.graph.capture`` (hooks that copy, stopping after
-    the last tapped module)."""
-    if not all(isinstance(key, int) for key in taps):
-        from .graph import capture
-
-        return {taps[p]: v for p, v in capture(model, x, list(taps)).items()}
-    out = {}
-    last = max(taps)
-    mods = list(model.features)
-    for i, m in enumerate(mods):
-        x = m(x)
-        if i in taps:
-            nxt = mods[i + 1] if i + 1 < len(mods) and i < last else None
-            out[taps[i]] = x.clone() if nxt is not None and getattr(nxt, "inplace", False) else x
-        if i == last:
-            break
-    return out
+    return {taps[p]: v for p, v in capture(model, x, list(taps)).items()}
 
 
 def _loader(dataset, indices: range, batch_size: int, num_workers: int) -> DataLoader:
