@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zf.errors import ConfigError
 from zf.layers import Layer, is_stack, resolve_layer
 
 METHODS = ("deconvnet", "guided", "gradient")
@@ -44,7 +45,7 @@ _SUPPORTED = ("Conv2d (dilation 1, zero padding), ReLU, MaxPool2d (dilation 1), 
               "BatchNorm2d (running statistics), Dropout, Dropout2d, Identity")
 
 
-class NotInvertibleError(ValueError):
+class NotInvertibleError(ConfigError):
     """A module on the way down from the target cannot be reversed by the deconvnet."""
 
 
@@ -110,8 +111,7 @@ def _batch_norm(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# forward pass on whole images, recording what the reverse pass needs
+# --- forward pass on whole images, recording what the reverse pass needs ---
 
 
 @dataclass
@@ -181,8 +181,7 @@ def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: s
     return x
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# reverse pass on windows
+# --- reverse pass on windows ---
 
 
 def _window_index(o: torch.Tensor, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,8 +286,7 @@ def _fit(sig: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, hh: int, ww: int
     return torch.where(ok, part, 0), zy, zx
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# full-image reference: autograd with the ReLU rule swapped in
+# --- full-image reference: autograd with the ReLU rule swapped in ---
 
 
 class _ReLURule(torch.autograd.Function):
@@ -349,8 +347,7 @@ def _project_full(model, t, images, rows, method, seed, norm):
         return torch.autograd.grad(acts, x, g)[0]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# public API
+# --- public API ---
 
 
 def _check_rows(rows: torch.Tensor, shape, layer: Layer) -> None:
@@ -362,18 +359,11 @@ def _check_rows(rows: torch.Tensor, shape, layer: Layer) -> None:
 
 
 def _check_args(images, rows, method, seed, norm):
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: use one of {METHODS}")
-    if seed not in SEEDS:
-        raise ValueError(f"seed={seed!r}: use one of {SEEDS}")
+    from zf.graph_project import check_inputs
+
     if norm not in NORMS:
-        raise ValueError(f"norm={norm!r}: use one of {NORMS}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-    rows = torch.as_tensor(rows, device=images.device).long().reshape(-1, 4)
-    if len(rows) and (int(rows[:, 0].min()) < 0 or int(rows[:, 0].max()) >= len(images)):
-        raise IndexError(f"rows: image index out of range for {len(images)} images")
-    return rows
+        raise ConfigError(f"norm={norm!r}: use one of {NORMS}")
+    return check_inputs(images, rows, method, seed)
 
 
 def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float = 2 ** 28) -> int:
@@ -402,7 +392,9 @@ def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, 
     (``batch_size`` is its ``chunk``)."""
     rows = _check_args(images, rows, method, seed, norm)
     if not is_stack(model):
-        return _graph_windows(model, images, rows, layer, method, seed, tap, batch_size)
+        from zf.graph_project import graph_windows
+
+        return graph_windows(model, images, rows, resolve_layer(model, layer, tap).path, method, seed, batch_size)
     t = _target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
@@ -441,29 +433,6 @@ def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_
             corners[idx, 0], corners[idx, 1] = oy, ox
     if out is None:  # no rows
         out = images.new_zeros(0, images.shape[1], 1, 1)
-    return out, corners
-
-
-def _graph_windows(model, images, rows, layer, method, seed, tap, batch_size):
-    from zf.graph import project_graph
-    from zf.receptive import graph_receptive_fields
-
-    path = resolve_layer(model, layer, tap).path
-    hw = tuple(images.shape[2:])
-    rf = graph_receptive_fields(model, hw, [path])[path]
-    sh, sw = min(rf.size_hw[0], hw[0]), min(rf.size_hw[1], hw[1])
-    corners = torch.stack([rows[:, 2] * rf.stride_hw[0] + rf.offset_hw[0],
-                           rows[:, 3] * rf.stride_hw[1] + rf.offset_hw[1]], 1)
-    if rf.size_hw[0] > hw[0]:
-        corners[:, 0] = 0
-    if rf.size_hw[1] > hw[1]:
-        corners[:, 1] = 0
-    out = images.new_zeros(len(rows), images.shape[1], sh, sw)
-    for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
-        sl = slice(b0, b0 + 256)
-        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size)
-        win, ok = _gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
-        out[sl] = torch.where(ok, win, 0)
     return out, corners
 
 

@@ -9,13 +9,13 @@ from zf.errors import ConfigError
 from zf.graph import METHODS, SEEDS, capture, eval_mode, rules
 
 
-def _check(images, rows, method, seed, chunk):
+def check_inputs(images, rows, method, seed):
+    """``rows`` as a long (R, 4) tensor on ``images``'s device, after checking the method, seed, image batch and
+    image indices (``zf.errors.ConfigError`` / ``IndexError``)."""
     if method not in METHODS:
         raise ConfigError(f"method={method!r}: use one of {METHODS}")
     if seed not in SEEDS:
         raise ConfigError(f"seed={seed!r}: use one of {SEEDS}")
-    if int(chunk) < 1:
-        raise ConfigError(f"chunk={chunk}: use a positive number of rows per reverse batch")
     if images.dim() != 4:
         raise ConfigError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     rows = torch.as_tensor(rows, device=images.device).long().reshape(-1, 4)
@@ -139,7 +139,9 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
     from zf.layers import resolve_layer
     from zf.receptive import graph_receptive_fields
 
-    rows = _check(images, rows, method, seed, 1 if chunk is None else chunk)
+    rows = check_inputs(images, rows, method, seed)
+    if chunk is not None and int(chunk) < 1:
+        raise ConfigError(f"chunk={chunk}: use a positive number of rows per reverse batch")
     path = resolve_layer(model, layer).path
     H, W = images.shape[2:]
     out = torch.zeros(len(rows), *images.shape[1:], dtype=images.dtype, device=images.device)
@@ -169,3 +171,27 @@ def graph_activations(model: nn.Module, images: torch.Tensor, layer: str) -> tor
 
 
 __all__ = ["project_graph", "graph_activations"]
+
+
+def graph_windows(model, images, rows, path, method, seed, batch_size):
+    """``zf.deconv.project_windows`` for any graph: each row's projection cut to its receptive field's window
+    (clipped to the image), and the windows' top-left corners."""
+    from zf.deconv import _gather
+    from zf.receptive import graph_receptive_fields
+
+    hw = tuple(images.shape[2:])
+    rf = graph_receptive_fields(model, hw, [path])[path]
+    sh, sw = min(rf.size_hw[0], hw[0]), min(rf.size_hw[1], hw[1])
+    corners = torch.stack([rows[:, 2] * rf.stride_hw[0] + rf.offset_hw[0],
+                           rows[:, 3] * rf.stride_hw[1] + rf.offset_hw[1]], 1)
+    if rf.size_hw[0] > hw[0]:
+        corners[:, 0] = 0
+    if rf.size_hw[1] > hw[1]:
+        corners[:, 1] = 0
+    out = images.new_zeros(len(rows), images.shape[1], sh, sw)
+    for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
+        sl = slice(b0, b0 + 256)
+        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size)
+        win, ok = _gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
+        out[sl] = torch.where(ok, win, 0)
+    return out, corners
