@@ -210,7 +210,7 @@ def test_bad_input_fails_with_one_clear_line_before_any_data_pass(tmp_path, over
         args = [a for a in args if a != "model.checkpoint=null"]
         args[0] = f"model.checkpoint={bad}"
     if override == "model=vgg16":
-        args = [a for a in args if not a.startswith("model.checkpoint")]
+        args = [a for a in args if not a.startswith(("model.checkpoint", "model.arch"))]
     p = run(args, check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [l for l in p.stderr.splitlines() if l.strip() and "Warning" not in l and "warnings.warn" not in l]
