@@ -171,3 +171,54 @@ def log_layer(tracker: Tracker, out: Path, layer: str, table: TopK, methods: Seq
     ldir = R.layer_dir(out, layer)
     tracker.artifact(f"topk-{layer}", "topk", [ldir / "topk.npz", ldir / "topk.csv", out / "summary.json"]
                      + [ldir / f"{m}{s}.npy" for m in methods for s in ("", "_scale")])
+
+
+def methods_figure(run: str | os.PathLike, layers: Sequence[str] | None = None,
+                   methods: Sequence[str] = ("deconvnet", "guided"), units_per_layer: int = 4, tile: int = 64,
+                   seed: int = 0):
+    """Fig. 2's layout for several layers and methods side by side, from a finished run (no model, no data): for
+    ``units_per_layer`` units of each layer (the overview's units, seeded choice), each method's 3x3 projections
+    and the 3x3 patches, tiles resampled to ``tile`` px with an antialiasing filter.  Returns (fig, axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .plotting import image_grid
+
+    run = Path(run)
+    summary = R.read_summary(run)
+    layers = list(layers or summary["layers"])
+    rng = np.random.default_rng(seed)
+
+    def tiles(a: np.ndarray) -> np.ndarray:  # (n, s, s, 3) uint8 -> (n, tile, tile, 3), antialiased
+        return np.stack([np.asarray(Image.fromarray(t).resize((tile, tile), Image.LANCZOS)) for t in a])
+
+    panels = []  # (label, [grid per method..., patch grid])
+    for layer in layers:
+        table = TopK.load(R.layer_dir(run, layer) / "topk.npz")
+        ov = [u for u in summary["layers"][layer].get("overview_units") or table.units.tolist()
+              if u not in set(table.dead)]
+        chosen = sorted(int(u) for u in rng.choice(ov, size=min(units_per_layer, len(ov)), replace=False))
+        idx = [table.units.tolist().index(u) for u in chosen]
+        patches = read_patches(run, layer, table)[idx, :9]
+        projs = {m: display(load_projections(R.layer_dir(run, layer), m)[idx, :9]) for m in methods}
+        for j, u in enumerate(chosen):
+            panels.append((f"{layer} unit {u}", [image_grid(tiles(projs[m][j]), 3) for m in methods]
+                           + [image_grid(tiles(patches[j]), 3)]))
+    per_row = 2
+    nrows = -(-len(panels) // per_row)
+    ncols = per_row * (len(methods) + 1)
+    side = panels[0][1][0].shape[0] / 100
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * side * 1.02, nrows * side * 1.18), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (label, grids) in enumerate(panels):
+        r, c0 = divmod(i, per_row)
+        for k, g in enumerate(grids):
+            ax = axes[r, c0 * len(grids) + k]
+            ax.imshow(g, interpolation="antialiased")
+            ax.set_title(f"{label}: {(list(methods) + ['patches'])[k]}" if k == 0 else
+                         (list(methods) + ["patches"])[k], fontsize=7)
+    fig.tight_layout(pad=0.3)
+    return fig, axes
