@@ -131,9 +131,10 @@ def table_rows(res: dict, paper: Mapping[str, Sequence[float]] = PAPER_TABLE1) -
 
 
 def table_markdown(res: dict, paper: Mapping[str, Sequence[float]] = PAPER_TABLE1) -> str:
-    """Table 1 as Markdown, ours beside the paper's."""
+    """Table 1 as Markdown: ours at the first and last compared layers (named in the header; the paper's Table 1
+    has layers 5 and 7) beside the paper's."""
     l5, l7 = res["layers"][0], res["layers"][-1]
-    lines = [f"| occluded | ours layer 5 ({l5}) | paper layer 5 | ours layer 7 ({l7}) | paper layer 7 |",
+    lines = [f"| occluded | ours, {l5} | paper, layer 5 | ours, {l7} | paper, layer 7 |",
              "|---|---|---|---|---|"]
     for row in table_rows(res, paper):
         def pp(m, s):
