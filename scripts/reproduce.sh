@@ -9,7 +9,8 @@
 #      (the paper's input scale and SGD)                                                            (~18 min)
 #   5  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~10 min)
 #   6  filters (Fig. 6) and the Table 3 collector, which read the runs of 4 and 5
-#   7  figures copied (downscaled) to docs/figures/
+#   7  the real ImageNet VGG-16 trunk: Fig. 2 (conv2_2-conv5_3, all val images), Table 1, Fig. 5      (~40 min)
+#   8  figures copied (downscaled) to docs/figures/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PROJECT_ROOT="$PWD"
@@ -70,7 +71,18 @@ else say "ablation sweep ($n/9 done)"; $PY scripts/train.py -m experiment=ablati
 run_step ablation_table experiment=ablation_table
 run_step filters experiment=filters
 
-# 7. figures for REPRODUCTION.md
+# 7. the real ImageNet VGG-16 trunk (Fig. 2, Table 1, Fig. 5), when its weights are there (ZF_VGG16 overrides)
+VGG=${ZF_VGG16:-../shared/models/vgg16_imagenet_features.pth}
+if [ -f "$VGG" ]; then
+  run_step vgg16_fig2 model=vgg16 model.weights="$VGG" "layer=[conv2_2,conv3_3,conv4_3,conv5_3]" "mine_layers=[]" \
+    units=overview compare_methods=true batch_size=32
+  run_step vgg16_correspondence experiment=correspondence model=vgg16 model.weights="$VGG" \
+    "correspondence.layers=[[4,output],[5,output]]"
+  run_step vgg16_invariance experiment=invariance model=vgg16 model.weights="$VGG" "invariance.layers=[[1,output],[5,output]]"
+  $PY scripts/methods_figure.py "$OUT/vgg16_fig2"   # -> figures/methods_overview.png, copied to docs below
+else say "VGG-16 trunk: $VGG not found, skipped"; fi
+
+# 8. figures for REPRODUCTION.md
 say "docs/figures"
 $PY scripts/docs_figures.py
 say "done: results in $OUT, figures in docs/figures (REPRODUCTION.md quotes them)"
