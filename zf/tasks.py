@@ -3,68 +3,18 @@ config.
 
 A config names its task by ``task._target_`` (``configs/run.yaml``: ``zf.tasks.topk``; ``configs/train.yaml``:
 ``zf.tasks.train``; each ``configs/experiment/<name>.yaml`` its own), and the scripts call it through
-``zf.edge.dispatch``.  A task is a few lines: build the model and data the config names (``model_from_cfg``,
-``dataset_from_cfg``, ``normalize_from_cfg``) and call one library function, which computes and writes its outputs.
+``zf.edge.dispatch``.  A task is a few lines: build the model and data the config names (``zf.edge``'s
+``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``) and call one library function, which computes and
+writes its outputs.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as zdata
-from .edge import Context, cli, dispatch, plain, task  # noqa: F401  (the scripts call cli and dispatch from here)
+from .edge import (Context, cli, dataset_from_cfg, dispatch, miner, model_from_cfg, model_info,  # noqa: F401
+                   normalize_from_cfg, plain, task)  # (the scripts call cli and dispatch from here)
 from .errors import ConfigError
-from .models import build_model
-
-
-def model_from_cfg(cfg: DictConfig, num_classes: int | None = None) -> torch.nn.Module:
-    """The model ``cfg.model`` names; ``num_classes`` (from the data) wins over the config's."""
-    m = cfg.model
-    n = num_classes or m.get("num_classes")
-    if m.name == "zfnet" and not m.get("checkpoint") and n is None:
-        n = 1000
-    torch.manual_seed(cfg.seed)  # weights that stay random are the same on every run and process
-    return build_model(name=m.name, checkpoint=m.get("checkpoint"), weights=m.get("weights"), num_classes=n,
-                       arch_name=m.get("arch_name"), target=m.get("target"), **plain(m.get("arch") or {}))
-
-
-def model_info(cfg: DictConfig, model: torch.nn.Module) -> dict:
-    """What a run records of its model: the family and architecture names, and where its weights came from
-    (``weights_random``: parameter names that stayed random because the weights file did not have them)."""
-    return {"model": cfg.model.name, "arch_name": cfg.model.get("arch_name"), "checkpoint": cfg.model.get("checkpoint"),
-            "weights": str(getattr(model, "zf_weights", cfg.model.get("weights"))),
-            "weights_random": list(getattr(model, "zf_missing", []))}
-
-
-def dataset_from_cfg(cfg: DictConfig, split: str | None, limit="data", size: int | None = None,
-                     resize="data") -> zdata.ImageDataset:
-    """The images of ``split`` (``train`` | ``val``: ``data.<split>_split`` under ``data.root``; a root without that
-    folder, or ``split=None``, is used whole), a seeded subset of ``limit`` images (default ``data.limit``)."""
-    d = cfg.data
-    sub = d.get(f"{split}_split") if split else None
-    root = Path(d.root) / sub if sub and (Path(d.root) / sub).is_dir() else Path(d.root)
-    return zdata.ImageDataset(root, size=int(size or d.size), resize=d.resize if resize == "data" else resize,
-                              limit=d.limit if limit == "data" else limit, subset_seed=cfg.seed)
-
-
-def normalize_from_cfg(cfg: DictConfig, model: torch.nn.Module | None = None):
-    """(Normalize, transform spec): the checkpoint's statistics if it has them, else the config's."""
-    meta = getattr(model, "meta", {}) or {}
-    mean, std = meta.get("mean", list(cfg.data.mean)), meta.get("std", list(cfg.data.std))
-    return zdata.Normalize(mean, std), zdata.transform_spec(int(cfg.data.size), cfg.data.resize, mean, std)
-
-
-def miner(cfg: DictConfig, ctx: "Context", transform: dict, normalize, k: int, tap: str = "relu"):
-    """``(model, dataset, layers) -> {name: TopK}`` through the mining cache, with the config's batching."""
-    from .cache import mine_cached
-
-    def fn(model, dataset, layers):
-        return mine_cached(model, dataset, layers, k, cfg.paths.cache_dir, transform, normalize, tap=tap,
-                           batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), device=ctx.device,
-                           progress=cfg.progress)[0]
-    return fn
 
 
 # --- the tasks ---------------------------------------------------------------------------------------------------
