@@ -169,12 +169,29 @@ def filters(cfg: DictConfig, ctx: Context) -> float:
                   tracker=ctx.tracker)
 
 
-@task("ablation_table")
-def ablation_table(cfg: DictConfig, ctx: Context) -> float:
-    """Table 3 (``experiment=ablation_table``) from the ``experiment=ablation`` sweep."""
-    from .experiments import ablation as xp
+@task("experiment")
+def experiment(cfg: DictConfig, ctx: Context) -> float:
+    """A figure or table from its YAML alone: ``task.run`` names the experiment's ``run`` function, called with
+    ``out`` and ``tracker``, the values of ``task.args`` as they are, and what ``task.inputs`` asks to be built from
+    the config: ``model`` (eval, on the device), ``normalize``, ``transform``, ``device``, ``dataset`` (the config's
+    split) or ``dataset:<split>``.  ``configs/experiment/ablation_table.yaml`` is one."""
+    from hydra.utils import get_method
 
-    return xp.run(cfg.sweep_dir, ctx.out, dpi=int(cfg.dpi), tracker=ctx.tracker)
+    t, built, model = cfg.task, {}, None
+    for name, what in plain(t.get("inputs") or {}).items():
+        if what == "model":
+            model = built[name] = model or model_from_cfg(cfg).eval().to(ctx.device)
+        elif what in ("normalize", "transform"):
+            norm, spec = normalize_from_cfg(cfg, model)
+            built[name] = norm.to(ctx.device) if what == "normalize" else spec
+        elif what == "device":
+            built[name] = ctx.device
+        elif what.split(":")[0] == "dataset":
+            built[name] = dataset_from_cfg(cfg, what.partition(":")[2] or cfg.get("split"))
+        else:
+            raise ConfigError(f"task.inputs.{name}={what!r}: use model, normalize, transform, device, dataset or "
+                              "dataset:<split>")
+    return get_method(t.run)(**built, **plain(t.get("args") or {}), out=ctx.out, tracker=ctx.tracker)
 
 
 @task("probe")
