@@ -438,3 +438,27 @@ def test_ablation_table_through_scripts_run(tmp_path):
         assert (out / f).is_file(), f
     lines = (out / "ablation_table.csv").read_text().strip().splitlines()
     assert len(lines) == 4 and lines[1].startswith("ZF model,zf,2,")
+
+
+def test_generic_experiment_task_builds_what_the_yaml_asks_for(tmp_path):
+    """``zf.tasks.experiment`` runs an experiment's ``run`` from the config alone: the probe here, with the model,
+    both splits, the normalisation and the device built from the config, and its arguments passed through."""
+    from omegaconf import OmegaConf
+
+    from zf.errors import ConfigError
+    from zf.tasks import experiment
+
+    data = write_tree(tmp_path / "data")
+    cfg = compose("run", ["model.checkpoint=null", "model.arch.width=0.0625", f"data.root={data}", *TINY_RUN],
+                  tmp_path / "out")
+    cfg.task = OmegaConf.create({
+        "_target_": "zf.tasks.experiment", "run": "zf.experiments.probe.run",
+        "inputs": {"model": "model", "train_set": "dataset:train", "val_set": "dataset:val", "normalize": "normalize",
+                   "device": "device"},
+        "args": {"max_iter": 5, "dpi": 40}})
+    best = experiment(cfg)
+    rows = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert rows["train_images"] == 18 and rows["val_images"] == 9 and best == max(r["val_acc"] for r in rows["rows"])
+    cfg.task.inputs = {"model": "modle"}
+    with pytest.raises(ConfigError, match="task.inputs.model='modle'"):
+        experiment(cfg)
