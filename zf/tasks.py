@@ -124,7 +124,6 @@ def correspondence(cfg: DictConfig, ctx: Context) -> float:
     """Table 1 / Fig. 8 (``experiment=correspondence``)."""
     from .experiments import correspondence as xp
     from .experiments.features import grey_fill
-
     from .layers import resolve_layer
     from .models import require_loaded
 
@@ -143,9 +142,11 @@ def correspondence(cfg: DictConfig, ctx: Context) -> float:
 def evolution(cfg: DictConfig, ctx: Context) -> float:
     """Fig. 4 (``experiment=evolution``)."""
     from .experiments import evolution as xp
+    from .models import EVOLUTION_SNAPSHOTS
 
     e = cfg.evolution
-    found = xp.find_snapshots(e.snapshots, list(e.epochs) if e.get("epochs") is not None else None)
+    folder = EVOLUTION_SNAPSHOTS if str(e.snapshots) == "default" else e.snapshots  # the shipped ones, installed
+    found = xp.find_snapshots(folder, list(e.epochs) if e.get("epochs") is not None else None)
     snaps = [(epoch, m.to(ctx.device)) for epoch, m in (xp.load_snapshot(p) for _, p in found)]
     normalize, transform = normalize_from_cfg(cfg)
     return xp.run(snaps, [p for _, p in found], dataset_from_cfg(cfg, e.split, limit=e.images), ctx.out,
