@@ -107,7 +107,19 @@ def run_features(model: nn.Module, x: torch.Tensor, taps: dict[str, str]) -> dic
     after the last tapped module."""
     from .graph import capture
 
-    return {taps[p]: v for p, v in capture(model, x, list(taps)).items()}
+    return {taps[p]: v for p, v in capture(model, x, list(taps), clone=_must_copy(model, taps)).items()}
+
+
+def _must_copy(model: nn.Module, taps: dict[str, str]) -> bool:
+    """Whether a tapped output can be changed after it is read: always in a graph; in a ``features`` stack only
+    when a tapped module is followed by one that works in place (torchvision's ``ReLU(inplace=True)`` after a
+    conv).  Copying every tap of a stack would cost about 5% of a mining pass."""
+    if not is_stack(model):
+        return True
+    mods = list(model.features.named_children())
+    keys = [f"features.{k}" for k, _ in mods]
+    return any(getattr(mods[keys.index(p) + 1][1], "inplace", False) for p in taps
+               if p in keys and keys.index(p) + 1 < len(mods))
 
 
 def _loader(dataset, indices: range, batch_size: int, num_workers: int) -> DataLoader:

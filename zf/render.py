@@ -78,9 +78,10 @@ def save_projections(ldir: Path, method: str, proj: np.ndarray) -> np.ndarray:
                                  "finite (the model's activations overflow float32)")
     scale = np.abs(proj).reshape(*proj.shape[:2], -1).max(-1) if proj.size else np.zeros(proj.shape[:2], np.float32)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    np.save(ldir / f"{method}.npy", (proj / scale[..., None, None, None]).astype(np.float16))
+    stored = (proj / scale[..., None, None, None]).astype(np.float16)
+    np.save(ldir / f"{method}.npy", stored)
     np.save(ldir / f"{method}_scale.npy", scale)
-    return load_projections(ldir, method)
+    return stored.astype(np.float32) * scale[..., None, None, None]  # = load_projections(ldir, method)
 
 
 def load_projections(ldir: Path, method: str) -> np.ndarray:
@@ -96,24 +97,41 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
                        with_patches: bool = True) -> Path:
     """The PNGs of one layer and method (projections, optionally patches, per-unit images) and its overview figure,
     from arrays: patches uint8 (U, k, s, s, 3), proj (U, k, 3, s, s), units in ``table.units`` order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     proj = proj.astype("float32")
     shown = display(proj, display_mode)
     units = table.units.tolist()
-    for i, u in enumerate(units):
-        for r in range(table.k):
-            if table.image[i, r] < 0:
-                continue
-            files = [(R.projection_path(out, layer, method, u, r), shown[i, r])]
-            if with_patches:
-                files.append((R.patch_path(out, layer, u, r), patches[i, r]))
-            for path, arr in files:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(path, compress_level=1)  # thousands of small PNGs: favour speed
-        up = R.unit_figure_path(out, layer, u, method)
-        up.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(unit_image(patches[i], proj[i], display_mode)).save(up, compress_level=1)
-        if i == 0:
-            pause_point(f"render:{layer}")
+    for d in ({R.projection_path(out, layer, method, 0, 0).parent, R.unit_figure_path(out, layer, 0, method).parent}
+              | ({R.patch_path(out, layer, 0, 0).parent} if with_patches else set())):
+        d.mkdir(parents=True, exist_ok=True)
+
+    def save(path, arr) -> None:  # thousands of small PNGs: favour speed (zlib runs outside the GIL: 2 threads)
+        Image.fromarray(arr).save(path, compress_level=1)
+
+    jobs = []
+
+    def finish() -> None:  # wait for the writes so far; a failed write raises here
+        for job in jobs:
+            job.result()
+        jobs.clear()
+
+    with ThreadPoolExecutor(2) as pool:
+        for i, u in enumerate(units):
+            for r in range(table.k):
+                if table.image[i, r] < 0:
+                    continue
+                jobs.append(pool.submit(save, R.projection_path(out, layer, method, u, r), shown[i, r]))
+                if with_patches:
+                    jobs.append(pool.submit(save, R.patch_path(out, layer, u, r), patches[i, r]))
+            jobs.append(pool.submit(save, R.unit_figure_path(out, layer, u, method),
+                                    unit_image(patches[i], None, shown=shown[i])))
+            if i == 0:
+                finish()  # the first unit's files are on disk before the fault-injection point
+                pause_point(f"render:{layer}")
+            if len(jobs) > 256:
+                finish()
+        finish()
     oi = [units.index(u) for u in overview]
     fig, _ = overview_figure(patches[oi], proj[oi], overview, title=f"{layer}: top {table.k} ({method})",
                              mode=display_mode, dpi=dpi, dead=table.dead)

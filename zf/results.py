@@ -138,7 +138,7 @@ def save_figure(fig, path: str | os.PathLike, tracker=None, key: str | None = No
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, **({"pil_kwargs": {"compress_level": 1}} if path.suffix == ".png" else {}))
     plt.close(fig)
     if tracker is not None:
         tracker.image(key or path.stem, str(path))

@@ -49,18 +49,21 @@ def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", perc
     (larger values saturate; sign stays visible).  A few isolated extreme pixels would otherwise leave the rest of the
     projection grey; 100 gives the plain max stretch.  ``minmax``: the projection's own range maps to 0..255.
 
-    Any scale displays the same (real networks give values of 1e3-1e5; the stretch is computed in float64).
+    Any scale displays the same (real networks give values of 1e3-1e5; float32 holds them with room to spare).
     Non-finite values (a float16 overflow gives inf, a broken model NaN) are left out of each projection's stretch
     and drawn explicitly: +inf white, -inf black, NaN mid-grey.  They are counted and reported with a warning, never
     drawn silently; ``stats`` (a dict, optional) receives ``nonfinite`` (values), ``nan``, ``posinf``, ``neginf`` and
     ``nonfinite_projections`` (how many of the projections hold any)."""
-    p = projection.detach().cpu().double().numpy() if isinstance(projection, torch.Tensor) else \
-        np.asarray(projection, np.float64)
+    p = projection.detach().cpu().float().numpy() if isinstance(projection, torch.Tensor) else \
+        np.asarray(projection, np.float32)
     if p.ndim < 3:
         raise ValueError(f"display: projections must be (..., 3, s, s), got shape {p.shape}")
     axes = (-3, -2, -1)
-    nan, posinf, neginf = np.isnan(p), np.isposinf(p), np.isneginf(p)
-    bad = nan | posinf | neginf
+    if np.isfinite(p).all():  # the usual case: one pass
+        nan = posinf = neginf = bad = np.zeros(p.shape, bool)
+    else:
+        nan, posinf, neginf = np.isnan(p), np.isposinf(p), np.isneginf(p)
+        bad = nan | posinf | neginf
     n_bad = int(bad.sum())
     if n_bad:
         p = np.where(bad, 0.0, p)
@@ -75,12 +78,12 @@ def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", perc
         else:
             m = np.percentile(flat, percentile, axis=-1) if flat.size else flat
         m = np.asarray(m)[..., None, None, None] if flat.size else m
-        v = 0.5 + p / np.maximum(2 * m, 1e-300)
+        v = 0.5 + p / np.maximum(2 * m, 1e-30)
     elif mode == "minmax":
         lo = np.where(bad, np.inf, p).min(axis=axes, keepdims=True) if p.size else p
         hi = np.where(bad, -np.inf, p).max(axis=axes, keepdims=True) if p.size else p
         lo, hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
-        v = (p - lo) / np.maximum(hi - lo, 1e-300)
+        v = (p - lo) / np.maximum(hi - lo, 1e-30)
     else:
         raise ConfigError(f"display mode {mode!r}: use display=symmetric or display=minmax")
     if n_bad:
@@ -176,14 +179,15 @@ def _in_boxes(win: np.ndarray, corners: np.ndarray, boxes: np.ndarray, s: int) -
     return out
 
 
-def unit_image(patches: np.ndarray, projections: np.ndarray, mode: str = "symmetric", pad: int = 2,
-               gap: int = 8) -> np.ndarray:
+def unit_image(patches: np.ndarray, projections: np.ndarray | None, mode: str = "symmetric", pad: int = 2,
+               gap: int = 8, shown: np.ndarray | None = None) -> np.ndarray:
     """One unit as the paper shows it: a 3x3 grid of projections beside a 3x3 grid of the patches.
 
-    patches: uint8 (k, s, s, 3); projections: float (k, 3, s, s).  Returns uint8 (H, W, 3)."""
+    patches: uint8 (k, s, s, 3); projections: float (k, 3, s, s), or ``shown``: the same already through
+    ``display`` (uint8 (k, s, s, 3)).  Returns uint8 (H, W, 3)."""
     k = len(patches)
     cols = int(np.ceil(np.sqrt(k)))
-    left = image_grid(display(projections, mode), cols, pad)
+    left = image_grid(shown if shown is not None else display(projections, mode), cols, pad)
     right = image_grid(patches, cols, pad)
     h = max(left.shape[0], right.shape[0])
     out = np.full((h, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
