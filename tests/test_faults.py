@@ -5,11 +5,9 @@ The killed processes are made to wait at a chosen point (a data set that blocks 
 ``zf.faults.pause_point``), so the kill lands mid-run for certain; a test fails if it would land late.
 """
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from imagetree import write_tree
+from killing import wait_then_kill
 
 from zf import data as zdata
 from zf.errors import CheckpointError
@@ -25,21 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
 for _k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ZF_PAUSE_AT", "ZF_PAUSE_FILE"):
     ENV.pop(_k, None)
-
-
-def _wait_then_kill(proc, marker: Path, what: str, timeout: float = 300) -> None:
-    """Wait until ``proc`` writes ``marker`` (it then blocks), kill -9 it; fail if it ended or never got there."""
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline and proc.poll() is None and not marker.is_file():
-            time.sleep(0.05)
-        reached = marker.is_file() and proc.poll() is None
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert reached, f"{what} never reached its pause point (exit {proc.returncode}): {proc.stderr.read()[-2000:]}"
-    assert proc.returncode == -signal.SIGKILL
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -86,7 +70,7 @@ def test_kill_during_mining_then_rerun_equals_a_clean_run(tmp_path):
     killed = tmp_path / "killed.npz"
     proc = subprocess.Popen(run(killed, str(state), 7), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    _wait_then_kill(proc, Path(str(killed) + ".paused"), "mining")
+    wait_then_kill(proc, Path(str(killed) + ".paused"), "mining")
     assert not killed.exists()
     assert int(torch.load(state, weights_only=True)["done"]) == 6  # batches 0-2 saved; batch 3 (images 6, 7) not
 
@@ -132,7 +116,7 @@ def test_kill_during_training_then_resume_equals_a_clean_run(tmp_path):
     env = {**ENV, "ZF_PAUSE_AT": "train:2:3", "ZF_PAUSE_FILE": str(paused)}
     proc = subprocess.Popen([sys.executable, str(script), str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    _wait_then_kill(proc, paused, "training")
+    wait_then_kill(proc, paused, "training")
     last = killed / "checkpoints" / "last.pt"
     assert int(torch.load(last, weights_only=True)["epoch"]) == 1  # killed in epoch 2, after 2 of its 6 steps
 
@@ -187,24 +171,15 @@ def _truncated(tmp_path, keep: float) -> Path:
     return p
 
 
-@pytest.mark.parametrize("keep", [0.0, 0.01, 0.5, 0.99])
-def test_truncated_training_checkpoint_gives_checkpoint_error(tmp_path, keep):
-    from zf.train import load_checkpoint
+@pytest.mark.parametrize("loader, keep", [("zf.train.load_checkpoint", k) for k in (0.0, 0.01, 0.5, 0.99)]
+                         + [("zf.models.load_state_dict", k) for k in (0.0, 0.5)])
+def test_truncated_checkpoint_gives_checkpoint_error(tmp_path, loader, keep):
+    """A training checkpoint or a weights file cut short: one line naming the file, never weights_only=False."""
+    from hydra.utils import get_method
 
     p = _truncated(tmp_path, keep)
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint(p)
-    msg = str(e.value)
-    assert str(p) in msg and "\n" not in msg and "weights_only=False" not in msg
-
-
-@pytest.mark.parametrize("keep", [0.0, 0.5])
-def test_truncated_weights_file_gives_checkpoint_error(tmp_path, keep):
-    from zf.models import load_state_dict
-
-    p = _truncated(tmp_path, keep)
-    with pytest.raises(CheckpointError) as e:
-        load_state_dict(p)
+        get_method(loader)(p)
     msg = str(e.value)
     assert str(p) in msg and "\n" not in msg and "weights_only=False" not in msg
 
@@ -242,7 +217,7 @@ def test_kill_during_projection_or_gallery_then_rerun_equals_a_clean_run(tmp_pat
     paused = tmp_path / "paused"
     proc = subprocess.Popen(_main_job(data, killed, tmp_path / "cache"), env={**ENV, "ZF_PAUSE_AT": point,
                             "ZF_PAUSE_FILE": str(paused)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_then_kill(proc, paused, point)
+    wait_then_kill(proc, paused, point)
     assert not (killed / "gallery" / "index.html").exists()   # it died before finishing
     subprocess.run(_main_job(data, killed, tmp_path / "cache"), env=ENV, check=True, capture_output=True, timeout=600)
     assert _summary(killed) == _summary(clean)

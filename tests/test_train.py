@@ -5,7 +5,6 @@ Everything runs on fabricated data (random-noise JPEGs in tmp_path) and a tiny z
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from imagetree import write_tree
+from killing import wait_then_kill
 from torch import nn
 
 from zf import data as zdata
@@ -105,17 +105,7 @@ def test_resume_after_kill_gives_the_uninterrupted_run(tmp_path):
     # the run stops before step 2 of epoch 2 (after epoch 1's checkpoint) and waits there to be killed
     pause = {**env, "ZF_PAUSE_AT": "train:2:2", "ZF_PAUSE_FILE": str(paused)}
     proc = subprocess.Popen(cmd(killed), env=pause, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600  # generous: a loaded machine can take minutes
-    try:
-        while time.time() < deadline and proc.poll() is None and not paused.is_file():
-            time.sleep(0.05)
-        reached = paused.is_file() and proc.poll() is None
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert reached, f"the run never reached epoch 2 step 2 (exit {proc.returncode}): {proc.stderr.read()[-3000:]}"
-    assert proc.returncode == -signal.SIGKILL
+    wait_then_kill(proc, paused, "the run (epoch 2 step 2)", timeout=600)  # generous: a loaded machine is slow
     seen = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
     assert seen == 1  # killed mid-way through epoch 2
 
