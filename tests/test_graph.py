@@ -13,6 +13,7 @@ from torch import nn
 from zf.deconv import activations, project, project_windows
 from zf.errors import ConfigError, LayerError
 from zf.graph import capture, list_layers, project_graph
+from zf.graph_project import _crops
 from zf.layers import resolve_layer
 from zf.receptive import graph_receptive_fields, receptive_fields, unit_box
 
@@ -409,6 +410,31 @@ class Ceil(nn.Module):
         x = F.max_pool2d(F.relu(self.a(x)), 3, 2, ceil_mode=True)
         x = F.hardtanh(F.relu(self.b(x)) + self.skip(x), -1.0, 1.0)
         return F.max_pool2d(self.c(x), 3, 2, ceil_mode=True)
+
+
+def test_rows_sharing_crops_share_forwards_and_equal_the_whole_image_path():
+    """Many rows on few crops (several per crop, uneven counts, crops split over chunks), on a non-square image
+    whose far edges need their own crops: every row equals its whole-image projection."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    images = torch.randn(2, 3, 112, 80)
+    gen = torch.Generator().manual_seed(3)
+    n = 40
+    pos = torch.tensor([[0, 0], [3, 4], [27, 19], [6, 9], [25, 0]])[torch.randint(0, 5, (n,), generator=gen)]
+    rows = torch.stack([torch.randint(0, 2, (n,), generator=gen), torch.randint(0, 64, (n,), generator=gen),
+                        pos[:, 0], pos[:, 1]], 1)
+    rf = graph_receptive_fields(model, (112, 80), ["layer1"])["layer1"]
+    (ay, ey), (ax, ex) = _crops(rf, rows, 112, 80)
+    key = torch.stack([rows[:, 0], ay, ax], 1)
+    counts = torch.unique(key, dim=0, return_counts=True)[1]
+    assert len(counts) < n // 3 and counts.max() > counts.min() and len(torch.unique(ey - ay)) == 2
+    assert ((ey == 112) & (ay % 4 == 0)).any() and ((ex == 80) & (ax % 4 == 0)).any()
+    for method in ("deconvnet", "guided"):
+        a = project_graph(model, images, rows, "layer1", method, seed="one", crop=True, chunk=3)
+        b = project_graph(model, images, rows, "layer1", method, seed="one", crop=False, chunk=8)
+        live = b.flatten(1).abs().amax(1) > 0  # guided: zero where the unit is off
+        assert live.all() if method == "deconvnet" else live.sum() > n // 2
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * float(b.abs().max()))
 
 
 def test_crop_exact_with_ceil_mode_pools_and_clamps():

@@ -66,55 +66,77 @@ def _full(model, images, rows, path, method, seed, chunk, out, batched=True):
             out[idx] = gx[:, 0]
 
 
-def _crop_len(n: int, size: int, stride: int) -> int:
-    length = min(n, size + stride - 1)
-    return min(n, length + (n - length) % stride)
+def _crop_len(n: int, size: int, stride: int, offset: int) -> int:
+    """Length of an interior crop: the field plus its fixed phase ``offset % stride`` in a stride-aligned crop."""
+    return min(n, size + offset % stride)
 
 
 def _crops(rf, rows, H, W):
-    """Per row and axis the crop [a, a + L) of the image that holds the unit's receptive field, ``a`` a multiple of
-    the layer's stride (so every intermediate map keeps its grid and its padding), one length L for all rows:
-    the field plus stride - 1, grown until ``n - L`` is a multiple of the stride, so that a crop that would pass
-    the image's far edge can end exactly there instead (the image's own border, with its own padding)."""
+    """Per row and axis the crop [a, e) of the image that holds the unit's receptive field, ``a`` a multiple of
+    the layer's stride (so every intermediate map keeps its grid and its padding).  A field starts at the fixed
+    phase ``offset % stride`` of its aligned crop, so interior crops have one length, field plus phase.  A crop that
+    would pass the image's far edge ends exactly there instead (the image's own border, with its own padding) and
+    starts at the last aligned position that still holds the field, so all far-edge crops share one length too."""
     out = []
     for ax, (n, size, stride, off) in enumerate(((H, rf.size_hw[0], rf.stride_hw[0], rf.offset_hw[0]),
                                                   (W, rf.size_hw[1], rf.stride_hw[1], rf.offset_hw[1]))):
         u = rows[:, 2 + ax]
-        length = _crop_len(n, size, stride)
+        length = _crop_len(n, size, stride, off)
         if length >= n:
-            a = torch.zeros_like(u)
+            a, e = torch.zeros_like(u), torch.full_like(u, n)
         else:
             a = torch.div((u * stride + off).clamp_min(0), stride, rounding_mode="floor") * stride
-            a = torch.where(a + length > n, torch.full_like(a, n - length), a)
-        out.append((a, a + length))
+            edge = a + length > n
+            a_edge = (n - length) // stride * stride
+            a = torch.where(edge, torch.full_like(a, a_edge), a)
+            e = torch.where(edge, torch.full_like(a, n), a + length)
+        out.append((a, e))
     return out
 
 
+_MIN_BATCH = 8  # crops per forward below which copies of a crop pay (measured: a backward of 1 crop costs 3x a row of 8)
+
+
 def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
-    """Each row forward and back on its own crop (rows of one crop shape batched ``chunk`` at a time)."""
+    """Rows on receptive-field crops.  Rows that share a crop (same image and corner) share its forward pass: crops
+    are grouped by shape and by their number of rows ``m``, run forward at most ``chunk`` at a time, and go back
+    once per round, each round taking one row of every crop (``m`` rounds).  A group of fewer than ``_MIN_BATCH``
+    crops runs forward on as many copies of each as it takes to reach that batch (fewer rounds), since a reverse
+    pass over one or two crops costs up to three times as much a row."""
     H, W = images.shape[2:]
     (ay, ey), (ax, ex) = _crops(rf, rows, H, W)
-    shapes = torch.stack([ey - ay, ex - ax], 1)
-    for hw in torch.unique(shapes, dim=0).tolist():
-        sel = torch.nonzero((shapes[:, 0] == hw[0]) & (shapes[:, 1] == hw[1])).flatten()
-        for b0 in range(0, len(sel), chunk):
-            idx = sel[b0:b0 + chunk]
-            r = rows[idx]
-            ys = ay[idx, None] + torch.arange(hw[0], device=r.device)
-            xs = ax[idx, None] + torch.arange(hw[1], device=r.device)
-            x = images[r[:, 0, None, None, None], torch.arange(images.shape[1], device=r.device)[None, :, None, None],
-                       ys[:, None, :, None], xs[:, None, None, :]].detach().requires_grad_(True)
+    key = torch.stack([rows[:, 0], ay, ax, ey - ay, ex - ax], 1)
+    crops, inv, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    members = torch.argsort(inv, stable=True).split(counts.tolist())  # members[c]: the rows of crop c
+    sy, sx = rf.stride_hw
+    dev = rows.device
+    chans = torch.arange(images.shape[1], device=dev)[None, :, None, None]
+    group = torch.cat([crops[:, 3:], counts[:, None]], 1)
+    for h, w, m in torch.unique(group, dim=0).tolist():
+        cs = torch.nonzero((group == torch.tensor([h, w, m], device=dev)).all(1)).flatten()
+        copies = 1 if len(cs) >= _MIN_BATCH else min(m, -(-_MIN_BATCH // len(cs)))
+        rounds = -(-m // copies)
+        dy, dx = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        for b0 in range(0, len(cs), max(1, chunk // copies)):
+            cc = cs[b0:b0 + max(1, chunk // copies)].repeat_interleave(copies)  # one slot per copy
+            i0, a0, c0 = crops[cc, 0], crops[cc, 1], crops[cc, 2]
+            x = images[i0[:, None, None, None], chans, (a0[:, None] + dy)[:, None, :, None],
+                       (c0[:, None] + dx)[:, None, None, :]].detach().requires_grad_(True)
             with torch.enable_grad(), rules(method):
                 acts = capture(model, x, [path], probe=images[:1])[path]
-            sy, sx = rf.stride_hw
-            y = r[:, 2] - torch.div(ay[idx], sy, rounding_mode="floor")
-            xx = r[:, 3] - torch.div(ax[idx], sx, rounding_mode="floor")
-            ar = torch.arange(len(r), device=r.device)
-            loc = torch.stack([ar, r[:, 1], y, xx], 1)
-            _check_units(loc, acts.shape, path)
-            gx = torch.autograd.grad(acts, x, _seeds(acts, ar, r[:, 1], y, xx, seed))[0]
-            for j, (i, a0, a1) in enumerate(zip(idx.tolist(), ay[idx].tolist(), ax[idx].tolist())):
-                out[i, :, a0:a0 + hw[0], a1:a1 + hw[1]] = gx[j]  # out is zero elsewhere
+            order = torch.stack([members[c] for c in cc[::copies].tolist()])  # (crops, m): the rows of each crop
+            for t in range(rounds):
+                j = torch.arange(t * copies, min((t + 1) * copies, m), device=dev)  # this round's rows of a crop
+                idx = order[:, j].flatten()
+                slot = (torch.arange(len(order), device=dev)[:, None] * copies + (j - t * copies)).flatten()
+                r = rows[idx]
+                y = r[:, 2] - torch.div(ay[idx], sy, rounding_mode="floor")
+                xx = r[:, 3] - torch.div(ax[idx], sx, rounding_mode="floor")
+                _check_units(torch.stack([slot, r[:, 1], y, xx], 1), acts.shape, path)
+                gx = torch.autograd.grad(acts, x, _seeds(acts, slot, r[:, 1], y, xx, seed),
+                                         retain_graph=t < rounds - 1)[0]
+                for i, s_, p, q in zip(idx.tolist(), slot.tolist(), a0[slot].tolist(), c0[slot].tolist()):
+                    out[i, :, p:p + h, q:q + w] = gx[s_]  # out is zero elsewhere
 
 
 def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, method: str = "deconvnet",
@@ -151,7 +173,8 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
         rf = None
         if crop is None or crop:
             rf = graph_receptive_fields(model, (H, W), [path])[path]
-            area = _crop_len(H, rf.size_hw[0], rf.stride_hw[0]) * _crop_len(W, rf.size_hw[1], rf.stride_hw[1])
+            area = (_crop_len(H, rf.size_hw[0], rf.stride_hw[0], rf.offset_hw[0])
+                    * _crop_len(W, rf.size_hw[1], rf.stride_hw[1], rf.offset_hw[1]))
             crop = crop if crop is not None else area < 0.5 * H * W
         if crop:
             _cropped(model, images, rows, path, method, seed, int(chunk or 64), out, rf)
