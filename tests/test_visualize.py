@@ -135,3 +135,64 @@ def test_display_without_non_finite_values_warns_nothing(recwarn):
     stats = {}
     display(np.ones((3, 2, 2)), stats=stats)
     assert stats["nonfinite"] == 0 and not [w for w in recwarn if "non-finite" in str(w.message)]
+
+
+class _BigField(__import__("torch").nn.Module):
+    """Three 7x7 convolutions, strides 2, 2, 1: a 43 px receptive field, larger than the 32 px images below."""
+
+    def __init__(self):
+        import torch
+        super().__init__()
+        self.c1, self.c2, self.c3 = (torch.nn.Conv2d(3, 4, 7, 2, 3), torch.nn.Conv2d(4, 4, 7, 2, 3),
+                                     torch.nn.Conv2d(4, 5, 7, 1, 3))
+
+    def forward(self, x):
+        import torch.nn.functional as F
+        return F.relu(self.c3(F.relu(self.c2(F.relu(self.c1(x))))))
+
+
+class _Images:
+    size = 32
+
+    def __init__(self, n):
+        import torch
+        self.x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 0, i
+
+
+def test_views_of_a_field_larger_than_the_image_are_the_image():
+    """Where a receptive field exceeds the image, patches and projections are stored cut to the image (the rest is
+    padding and zeros): each projection equals the whole-image projection, and each patch is the image inside the
+    field and grey outside it."""
+    import torch
+
+    from zf.data import Normalize
+    from zf.graph import project_graph
+    from zf.mining import mine
+    from zf.visualize import unit_views
+
+    torch.manual_seed(0)
+    model, data = _BigField().eval(), _Images(6)
+    table = mine(model, data, layers=["c3"], k=3, batch_size=4, progress=False)["c3"]
+    assert table.box[0, 0, 1] - table.box[0, 0, 0] == 43
+    patches, proj = unit_views(model, data, table, "c3", [0, 4], normalize=Normalize())
+    assert patches.shape == (2, 3, 32, 32, 3) and proj.shape == (2, 3, 3, 32, 32)
+    outside = 0
+    for i, u in enumerate([0, 4]):
+        rows = torch.tensor([[r, u, int(table.y[u, r]), int(table.x[u, r])] for r in range(3)])
+        ref = project_graph(model, Normalize()(data.x[torch.from_numpy(table.image[u])]), rows, "c3")
+        assert ref.abs().amax() > 0
+        torch.testing.assert_close(torch.from_numpy(proj[i]), ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
+        for r in range(3):
+            y0, y1, x0, x1 = table.box[u, r]
+            inside = np.zeros((32, 32), bool)
+            inside[max(y0, 0):y1, max(x0, 0):x1] = True
+            img = data.x[int(table.image[u, r])].permute(1, 2, 0).numpy()
+            assert (patches[i, r][inside] == img[inside]).all() and (patches[i, r][~inside] == 128).all()
+            outside += int((~inside).sum())
+    assert outside > 0  # some field leaves part of its image out: the grey there is checked

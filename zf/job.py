@@ -24,6 +24,7 @@ from .cache import mine_cached
 from .deconv import METHODS
 from .errors import ConfigError
 from .receptive import receptive_fields
+from .results import layer_dir
 from .tracking import Tracker
 
 DISPLAYS = ("symmetric", "minmax")
@@ -61,7 +62,8 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
              methods: Sequence[str] = ("deconvnet",), tap: str = "relu", seed_mode: str = "activation",
              norm: str = "identity", display: str = "symmetric", mine_layers: Sequence = (), batch_size: int = 64,
              num_workers: int = 1, device="cpu", seed: int = 0, gallery: bool = True, dpi: int = 110,
-             tracker: Tracker | None = None, progress: bool = True, info: dict | None = None) -> dict | None:
+             unit_figures: bool = True, tracker: Tracker | None = None, progress: bool = True,
+             info: dict | None = None) -> dict | None:
     """Run the main job; returns the run's summary (also written to ``out/summary.json``), or ``None`` on
     distributed ranks other than 0 (they only mine their shard).
 
@@ -74,6 +76,7 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
             summary as ``dead_units`` and marked in the figures and the gallery; ``"overview"``: only the overview's
             units, for big layers).
         methods: the first is the main one; the others are computed too (the gallery toggles between them).
+        unit_figures: also write the per-unit images ``units/u<unit>_<method>.png`` (``render.render_layer``).
         info: extra keys for ``summary.json`` (model name, checkpoint, weights).
     """
     import torch.distributed as dist
@@ -97,13 +100,14 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         chosen = full.units.tolist() if units is None else overview
         table = selected[layer] = full.select(chosen)
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
-                                          seed_mode, norm, display, device, dpi, tracker, progress)
+                                          seed_mode, norm, display, device, dpi, tracker, progress, unit_figures)
         info_layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride, "units": len(chosen),
                               "channels": len(full.units), "overview_units": overview,
                               "mean_top1_activation": float(np.nanmean(table.activation[:, 0])),
-                              "dead_units": table.dead}
+                              "dead_units": table.dead, "disk_mb": round(_disk_mb(layer_dir(out, layer)), 1)}
     summary = {**(info or {}), "data": str(dataset.files.root), "transform": transform, "methods": list(methods),
-               "k": int(k), "tap": tap, "seed_mode": seed_mode, "norm": norm, "layers": info_layers,
+               "k": int(k), "tap": tap, "seed_mode": seed_mode, "norm": norm, "unit_figures": bool(unit_figures),
+               "layers": info_layers,
                "date": datetime.datetime.now().isoformat(timespec="seconds"), "n_images": len(dataset),
                "skipped": sorted(set(map(str, dataset.skipped))), "mining_cache": str(cache)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -121,9 +125,15 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         print(f"{len(summary['skipped'])} unreadable images skipped (listed in {out / 'summary.json'})")
     for layer in targets:
         print(f"{layer}: {info_layers[layer]['units']} units, top {k} of {len(dataset)} images"
-              + (f"; {len(info_layers[layer]['dead_units'])} never fire" if info_layers[layer]["dead_units"] else ""))
+              + (f"; {len(info_layers[layer]['dead_units'])} never fire" if info_layers[layer]["dead_units"] else "")
+              + f"; {info_layers[layer]['disk_mb']:.1f} MB on disk")
         for m, f in figs[layer].items():
             print(f"  figure ({m}): {f}")
-    print(f"written to {out}")
+    print(f"written to {out} ({_disk_mb(out):.1f} MB)")
     return summary
+
+
+def _disk_mb(folder: Path) -> float:
+    """Size of the files under ``folder`` in MB (1e6 bytes)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
 

@@ -47,8 +47,10 @@ def save_sources(out: Path, dataset, image_ids) -> None:
 def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, overview: list[int],
                  methods: Sequence[str], tap: str = "relu", seed_mode: str = "activation", norm: str = "identity",
                  display_mode: str = "symmetric", device="cpu", dpi: int = 110, tracker: Tracker | None = None,
-                 progress: bool = True) -> dict[str, Path]:
-    """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}."""
+                 progress: bool = True, unit_figures: bool = True) -> dict[str, Path]:
+    """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}.
+    ``unit_figures=False`` leaves out the per-unit images (``units/``), which repeat the patch and projection PNGs
+    in one picture: about a quarter of a big layer's disk use (README, "Disk use")."""
     tracker = tracker or Tracker(enabled=False)
     ldir = R.layer_dir(out, layer)
     ldir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,7 @@ def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, 
                                    norm=norm, normalize=normalize, device=device, progress=progress)
         proj = save_projections(ldir, method, proj)  # what the run keeps: a re-render gives the same pictures
         figs[method] = write_layer_images(out, layer, table, overview, method, patches, proj, display_mode, dpi,
-                                          tracker, with_patches=method == methods[0])
+                                          tracker, with_patches=method == methods[0], unit_figures=unit_figures)
     return figs
 
 
@@ -94,15 +96,16 @@ def load_projections(ldir: Path, method: str) -> np.ndarray:
 
 def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], method: str, patches, proj,
                        display_mode: str = "symmetric", dpi: int = 110, tracker: Tracker | None = None,
-                       with_patches: bool = True) -> Path:
-    """The PNGs of one layer and method (projections, optionally patches, per-unit images) and its overview figure,
-    from arrays: patches uint8 (U, k, s, s, 3), proj (U, k, 3, s, s), units in ``table.units`` order."""
+                       with_patches: bool = True, unit_figures: bool = True) -> Path:
+    """The PNGs of one layer and method (projections, optionally patches and per-unit images) and its overview
+    figure, from arrays: patches uint8 (U, k, h, w, 3), proj (U, k, 3, h, w), units in ``table.units`` order."""
     from concurrent.futures import ThreadPoolExecutor
 
     proj = proj.astype("float32")
     shown = display(proj, display_mode)
     units = table.units.tolist()
-    for d in ({R.projection_path(out, layer, method, 0, 0).parent, R.unit_figure_path(out, layer, 0, method).parent}
+    for d in ({R.projection_path(out, layer, method, 0, 0).parent}
+              | ({R.unit_figure_path(out, layer, 0, method).parent} if unit_figures else set())
               | ({R.patch_path(out, layer, 0, 0).parent} if with_patches else set())):
         d.mkdir(parents=True, exist_ok=True)
 
@@ -124,8 +127,9 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
                 jobs.append(pool.submit(save, R.projection_path(out, layer, method, u, r), shown[i, r]))
                 if with_patches:
                     jobs.append(pool.submit(save, R.patch_path(out, layer, u, r), patches[i, r]))
-            jobs.append(pool.submit(save, R.unit_figure_path(out, layer, u, method),
-                                    unit_image(patches[i], None, shown=shown[i])))
+            if unit_figures:
+                jobs.append(pool.submit(save, R.unit_figure_path(out, layer, u, method),
+                                        unit_image(patches[i], None, shown=shown[i])))
             if i == 0:
                 finish()  # the first unit's files are on disk before the fault-injection point
                 pause_point(f"render:{layer}")
@@ -138,10 +142,9 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
     return save_figure(fig, out / "figures" / f"{layer}_{method}.png", tracker, f"{layer}/{method}", dpi)
 
 
-def read_patches(run: Path, layer: str, table: TopK) -> np.ndarray:
-    """The saved patch PNGs of a layer as uint8 (U, k, s, s, 3); empty ranks are zero."""
-    s = int(table.box[0, 0, 1] - table.box[0, 0, 0])
-    patches = np.zeros((len(table.units), table.k, s, s, 3), np.uint8)
+def read_patches(run: Path, layer: str, table: TopK, shape: tuple[int, int]) -> np.ndarray:
+    """The saved patch PNGs of a layer, views of ``shape`` (h, w), as uint8 (U, k, h, w, 3); empty ranks are zero."""
+    patches = np.zeros((len(table.units), table.k, *shape, 3), np.uint8)
     for i, u in enumerate(table.units.tolist()):
         for r in range(table.k):
             if table.image[i, r] >= 0:
@@ -158,12 +161,12 @@ def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int
     figs = []
     for layer, info in summary["layers"].items():
         table = TopK.load(R.layer_dir(run, layer) / "topk.npz")
-        patches = read_patches(run, layer, table)
+        projs = {m: load_projections(R.layer_dir(run, layer), m) for m in summary["methods"]}
+        patches = read_patches(run, layer, table, next(iter(projs.values())).shape[-2:])
         overview = info.get("overview_units") or table.units.tolist()[:16]
-        for method in summary["methods"]:
-            proj = load_projections(R.layer_dir(run, layer), method)
+        for method, proj in projs.items():
             figs.append(write_layer_images(run, layer, table, overview, method, patches, proj, display_mode, dpi,
-                                           with_patches=False))
+                                           with_patches=False, unit_figures=summary.get("unit_figures", True)))
     if gallery:
         from .gallery import build_gallery
 
@@ -219,8 +222,9 @@ def methods_figure(run: str | os.PathLike, layers: Sequence[str] | None = None,
               if u not in set(table.dead)]
         chosen = sorted(int(u) for u in rng.choice(ov, size=min(units_per_layer, len(ov)), replace=False))
         idx = [table.units.tolist().index(u) for u in chosen]
-        patches = read_patches(run, layer, table)[idx, :9]
-        projs = {m: display(load_projections(R.layer_dir(run, layer), m)[idx, :9]) for m in methods}
+        projs = {m: load_projections(R.layer_dir(run, layer), m)[idx, :9] for m in methods}
+        patches = read_patches(run, layer, table, next(iter(projs.values())).shape[-2:])[idx, :9]
+        projs = {m: display(p) for m, p in projs.items()}
         for j, u in enumerate(chosen):
             panels.append((f"{layer} unit {u}", [image_grid(tiles(projs[m][j]), 3) for m in methods]
                            + [image_grid(tiles(patches[j]), 3)]))

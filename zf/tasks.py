@@ -45,7 +45,8 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
                        tap=cfg.tap, seed_mode=cfg.seed_mode, norm=cfg.norm, display=cfg.display,
                        mine_layers=list(cfg.mine_layers or []), batch_size=int(cfg.batch_size),
                        num_workers=int(cfg.num_workers), device=ctx.device, seed=int(cfg.seed), gallery=cfg.gallery,
-                       dpi=int(cfg.dpi), tracker=ctx.tracker, progress=cfg.progress,
+                       dpi=int(cfg.dpi), unit_figures=bool(cfg.get("unit_figures", True)), tracker=ctx.tracker,
+                       progress=cfg.progress,
                        info=model_info(cfg, model))
     return 0.0 if summary is None else list(summary["layers"].values())[-1]["mean_top1_activation"]
 

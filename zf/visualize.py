@@ -5,7 +5,7 @@
 
 Patches are cropped by the exact receptive field; where the field runs past the image border the missing part is
 filled with grey (``fill``), not shifted.  Projections are cropped to the same box; ``display`` stretches each one
-for viewing.
+for viewing.  A field larger than the image is shown cut to the image along that axis (``view_boxes``).
 """
 from __future__ import annotations
 
@@ -23,22 +23,45 @@ from .plotting import image_grid
 from .results import TopK
 
 
-def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, fill: float = 128) -> torch.Tensor:
-    """Crop square boxes from images, padding with ``fill`` where a box runs past the border.
+def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, fill: float = 128,
+               inside: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop boxes from images, padding with ``fill`` where a box runs past the border.
 
-    images: (R, C, H, W) (one image per box); boxes: (R, 4) y0, y1, x0, x1 (half-open, all of one size s).
-    Returns (R, C, s, s) of ``images``' dtype."""
+    images: (R, C, H, W) (one image per box); boxes: (R, 4) y0, y1, x0, x1 (half-open, all of one size h x w);
+    ``inside`` (R, 4), optional: boxes to keep, pixels outside them are ``fill`` too.  Returns (R, C, h, w) of
+    ``images``' dtype."""
     r, c, h, w = images.shape
-    s = int(boxes[0, 1] - boxes[0, 0])
-    ar = torch.arange(s)
-    ys = boxes[:, 0:1] + ar          # (R, s)
-    xs = boxes[:, 2:3] + ar
+    ys = boxes[:, 0:1] + torch.arange(int(boxes[0, 1] - boxes[0, 0]))  # (R, h)
+    xs = boxes[:, 2:3] + torch.arange(int(boxes[0, 3] - boxes[0, 2]))
     vy, vx = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)
+    if inside is not None:
+        vy &= (ys >= inside[:, 0:1]) & (ys < inside[:, 1:2])
+        vx &= (xs >= inside[:, 2:3]) & (xs < inside[:, 3:4])
     yc, xc = ys.clamp(0, h - 1), xs.clamp(0, w - 1)
     out = images[torch.arange(r)[:, None, None, None], torch.arange(c)[None, :, None, None],
                  yc[:, None, :, None], xc[:, None, None, :]]
     ok = (vy[:, :, None] & vx[:, None, :])[:, None]
     return torch.where(ok, out, torch.tensor(fill, dtype=images.dtype))
+
+
+def view_boxes(boxes, height: int, width: int):
+    """The windows a layer's views (patches and projections) show: the receptive-field boxes (R, 4: y0, y1, x0, x1)
+    themselves, except along an axis where the field is larger than the image (ResNet-50's ``layer4``: 427 px on
+    224 px images), where the view is the whole image.  Beyond the image such a field holds only padding and its
+    projection only zeros, so the view keeps everything that is there: a 224 px view stores 3.6x fewer values than
+    the 427 px field.  Pixels of the image outside the field stay ``fill`` in the patch (``unit_views``).
+    Works on numpy arrays and tensors; the boxes of one layer all have one size, so all rows change together."""
+    out = boxes.copy() if isinstance(boxes, np.ndarray) else boxes.clone()
+    for lo, n in ((0, height), (2, width)):
+        if len(out) and int(out[0, lo + 1] - out[0, lo]) > n:
+            out[:, lo], out[:, lo + 1] = 0, n
+    return out
+
+
+def view_shape(table: TopK, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a layer's views on images of size ``image_hw`` (``view_boxes``)."""
+    y0, y1, x0, x1 = (int(v) for v in table.box.reshape(-1, 4)[0])
+    return min(y1 - y0, image_hw[0]), min(x1 - x0, image_hw[1])
 
 
 def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", percentile: float = 99.5,
@@ -123,17 +146,17 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         table: the layer's ``TopK``.
         layer: the layer's name (as in the table).
     Returns:
-        patches uint8 (U, k, s, s, 3) and projections float32 (U, k, 3, s, s), s = receptive-field size; slots of
-        empty ranks (fewer than k images) are zero.
+        patches uint8 (U, k, h, w, 3) and projections float32 (U, k, 3, h, w), (h, w) the receptive-field size
+        cut to the image size (``view_shape``); slots of empty ranks (fewer than k images) are zero.
     """
     from tqdm.auto import tqdm
 
     normalize = (normalize or Normalize()).to(device)
     units = [int(u) for u in units]
     k = table.k
-    s = int(table.box[0, 0, 1] - table.box[0, 0, 0])
-    patches = np.zeros((len(units), k, s, s, 3), np.uint8)
-    projections = np.zeros((len(units), k, 3, s, s), np.float32)
+    sh, sw = view_shape(table, _image_hw(dataset))
+    patches = np.zeros((len(units), k, sh, sw, 3), np.uint8)
+    projections = np.zeros((len(units), k, 3, sh, sw), np.float32)
     pos = {u: i for i, u in enumerate(table.units.tolist())}
     for c0 in tqdm(range(0, len(units), units_per_chunk), desc=f"projecting {layer} ({method})",
                    disable=not progress, mininterval=5):
@@ -154,22 +177,37 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         win, corners = project_windows(model, x, rows.to(device), layer, method=method, seed=seed, tap=tap,
                                        norm=norm)
         boxes = torch.as_tensor(table.box[ti][uu, rr])
-        crops = crop_boxes(raw[rows[:, 0]], boxes, fill)        # (R, 3, s, s) uint8
+        views = view_boxes(boxes, *raw.shape[2:])
+        crops = crop_boxes(raw[rows[:, 0]], views, fill, inside=boxes)  # (R, 3, sh, sw) uint8
         patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
-        projections[c0 + uu, rr] = _in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), boxes.numpy(), s)
+        projections[c0 + uu, rr] = _in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
+                                             (sh, sw))
     return patches, projections
 
 
-def _in_boxes(win: np.ndarray, corners: np.ndarray, boxes: np.ndarray, s: int) -> np.ndarray:
-    """Windows (R, 3, h, w) with image corners (R, 2) placed into their (s x s) boxes (R, 4: y0, y1, x0, x1).
+def _image_hw(dataset) -> tuple[int, int]:
+    """The (H, W) of the data set's images: its ``size`` (``zf.data`` sets are square), else its first image's."""
+    size = getattr(dataset, "size", None)
+    if isinstance(size, int):
+        return size, size
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if item is not None:
+            return tuple(item[0].shape[1:])
+    return 1 << 30, 1 << 30  # no readable image: nothing to clip against
+
+
+def _in_boxes(win: np.ndarray, corners: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Windows (R, 3, h, w) with image corners (R, 2) placed into their views (R, 4: y0, y1, x0, x1; all of one
+    ``shape``).
 
     The deconvnet's windows are the receptive fields themselves, except on images smaller than a field, where they
-    are cut to the image; then the part of the window inside the box is copied (a projection is zero outside its
+    are cut to the image; then the part of the window inside the view is copied (a projection is zero outside its
     unit's receptive field)."""
     r, c, h, w = win.shape
-    if (h, w) == (s, s) and (corners == boxes[:, [0, 2]]).all():
+    if (h, w) == tuple(shape) and (corners == boxes[:, [0, 2]]).all():
         return win
-    out = np.zeros((r, c, s, s), win.dtype)
+    out = np.zeros((r, c, *shape), win.dtype)
     for i in range(r):
         (cy, cx), (y0, y1, x0, x1) = corners[i], boxes[i]
         oy0, oy1 = max(cy, y0), min(cy + h, y1)
