@@ -225,14 +225,54 @@ def test_fc_targets_use_the_full_image():
         project_windows(model, x, rows, "fc6")
 
 
+class DilatedStack(nn.Module):
+    """A ``features`` stack that zf.deconv's own reverse pass does not cover: a dilated conv, a 3x5 kernel and an
+    average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.ReLU(),
+                                      nn.Conv2d(8, 8, (3, 5), padding=(1, 2)), nn.ReLU(), nn.AvgPool2d(2),
+                                      nn.Conv2d(8, 6, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(6 * 8 * 8, 4))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def test_stack_with_dilation_rectangles_and_avg_pool_goes_through_the_graph_engine():
+    from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
+
+    from zf.deconv import fast_path
+
+    torch.manual_seed(0)
+    model = DilatedStack().eval()
+    with pytest.warns(UserWarning, match=r"features\.3 \(Conv2d\): dilation"):
+        assert not fast_path(model)
+    rfs = receptive_fields(model, 32)  # by hand: 3; pool 2/2 -> 4; dilation 2 -> +2*2*2 = 12; 3x5 -> 16 x 20
+    assert (rfs["relu3"].size_hw, rfs["relu3"].stride_hw) == ((16, 20), (2, 2))
+    assert (rfs["relu4"].size_hw, rfs["relu4"].stride_hw) == ((18 + 2 * 4, 22 + 2 * 4), (4, 4))
+    x = torch.randn(2, 3, 32, 32)
+    gen = torch.Generator().manual_seed(1)
+    with pytest.warns(UserWarning):
+        for layer in ("relu3", 4):
+            module = resolve_layer(model, layer).module
+            acts = activations(model, x, layer)
+            torch.testing.assert_close(acts, model.features[:7 if layer == "relu3" else 10](x))
+            rows = _rows(acts, 3, gen)
+            for method, ref in (("deconvnet", NeuronDeconvolution), ("guided", NeuronGuidedBackprop)):
+                ours = project(model, x, rows, layer, method=method, seed="one")
+                expected = torch.cat([ref(model, module).attribute(x[r[0]:r[0] + 1], neuron_selector=tuple(r[1:]))
+                                      for r in rows.tolist()])
+                assert expected.abs().max() > 0
+                _close(ours, expected)
+        assert check_invertible(model, 4).path == "features.9"
+        with pytest.raises(NotInvertibleError, match=r"fc6 is in the classifier.*features\.3 \(Conv2d\)"):
+            project(model, x, torch.zeros(1, 4, dtype=torch.long), "fc6")
+
+
 def test_errors():
-    model = zfnet(width=0.25)
-    model.features[2] = nn.AvgPool2d(3, 2, 1)  # pool1
-    with pytest.raises(NotInvertibleError, match=r"features\.pool1 \(AvgPool2d\)"):
-        check_invertible(model, 4)
-    with pytest.raises(NotInvertibleError, match=r"features\.pool1 \(AvgPool2d\)"):
-        project(model, torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, dtype=torch.long), 2)
-    assert check_invertible(model, "relu1").name == "relu1"  # below the pool: fine
     model = zfnet(width=0.25)
     x = torch.zeros(1, 3, 224, 224)
     with pytest.raises(IndexError, match="channel"):

@@ -15,6 +15,10 @@ location, and their signals add up there.  Contrast normalisation (LRN) is skipp
 (``norm="identity"``; the paper is silent), or reversed by its true vector-Jacobian product (``norm="gradient"``).
 Dropout is the identity, batch norm (running statistics) its per-channel scale.  Biases are never used.
 
+A ``features`` stack with a module this reverse pass does not cover (a dilated or rectangular kernel, an average
+pool, ...) is projected through ``zf.graph`` instead (autograd with the same rules; slower), with a warning that
+names the module (``fast_path``).
+
 Speed (``crop=True``): a unit's projection only needs the pixels of its receptive field.  The forward pass runs once
 on the distinct images and records the switches (and ReLU masks, LRN inputs when needed).  The reverse pass then runs
 on small windows: 1x1 at the target, growing through each conv/pool (an output window ``[a, b]`` needs the input
@@ -73,6 +77,49 @@ def _check_module(path: str, m: nn.Module) -> None:
                                  f"{_SUPPORTED} (and Linear/ReLU/Dropout in the classifier).")
 
 
+def _stack_obstacle(model: nn.Module) -> str | None:
+    """The first module of ``model.features`` that this module's reverse pass or ``zf.receptive``'s recurrence
+    cannot handle, as ``"features.3 (Conv2d): dilation (2, 2)"``; ``None`` when there is none."""
+    from zf.receptive import geometry
+
+    for k, m in model.features.named_children():
+        try:
+            _check_module(f"features.{k}", m)
+            geometry(m)
+        except NotInvertibleError as e:
+            return f"features.{k} ({type(m).__name__}): {str(e).split(': ', 1)[1].split('. The deconvnet')[0]}"
+        except ValueError as e:
+            return f"features.{k} ({type(m).__name__}): {e}"
+    return None
+
+
+def fast_path(model: nn.Module) -> bool:
+    """Whether this module's own reverse pass projects ``model``: a ``features`` stack (``zf.layers.is_stack``) of
+    modules it can reverse.  Any other model, including a stack with one module it cannot reverse (warned about
+    once, naming the module), goes through ``zf.graph`` (autograd with the same rules; LRN is then reversed by its
+    gradient, whatever ``norm`` says)."""
+    if not is_stack(model):
+        return False
+    why = _stack_obstacle(model)
+    if why is not None:
+        import warnings
+
+        lrn = any(isinstance(m, nn.LocalResponseNorm) for m in model.features)
+        warnings.warn(f"{type(model).__name__}.features: {why}: zf.deconv's stack path cannot reverse it, so this "
+                      "model is projected through zf.graph (autograd with the same rules, slower)"
+                      + ("; LRN is reversed by its gradient there (norm is ignored)" if lrn else ""), stacklevel=3)
+    return why is None
+
+
+def _graph_path(model: nn.Module, layer, tap: str) -> str:
+    """The module path ``zf.graph`` projects for ``layer`` of a model ``fast_path`` turned down."""
+    lay = resolve_layer(model, layer, tap)
+    if is_stack(model) and lay.index is None:
+        raise NotInvertibleError(f"{lay.name} is in the classifier of a features stack projected through zf.graph "
+                                 f"({_stack_obstacle(model)}); choose a layer of model.features")
+    return lay.path
+
+
 @dataclass(frozen=True)
 class _Target:
     layer: Layer
@@ -84,7 +131,8 @@ def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> L
     """The layer ``resolve_layer(model, layer, tap)``, after checking every module between it and the pixels can be
     reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``).
     Models that are not ``features`` stacks go through ``zf.graph`` (autograd), which reverses anything."""
-    if not is_stack(model):
+    if not fast_path(model):
+        _graph_path(model, layer, tap)
         return resolve_layer(model, layer, tap)
     return _target(model, layer, tap).layer
 
@@ -170,7 +218,7 @@ def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: s
     """The activations of ``layer`` at ``tap`` (see ``zf.layers``) for images (N, 3, H, W): (N, C, h, w), or
     (N, C, 1, 1) for a classifier layer.  Eval semantics whatever ``model.training`` is.  Any other model: the
     output of the module ``layer`` names (``zf.graph.graph_activations``)."""
-    if not is_stack(model):
+    if not fast_path(model):
         from zf.graph import graph_activations
 
         return graph_activations(model, images, resolve_layer(model, layer, tap).path)
@@ -391,10 +439,10 @@ def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, 
     without ever building (R, 3, H, W).  Any other model: ``zf.graph.project_graph`` cut to the same windows
     (``batch_size`` is its ``chunk``)."""
     rows = _check_args(images, rows, method, seed, norm)
-    if not is_stack(model):
+    if not fast_path(model):
         from zf.graph_project import graph_windows
 
-        return graph_windows(model, images, rows, resolve_layer(model, layer, tap).path, method, seed, batch_size)
+        return graph_windows(model, images, rows, _graph_path(model, layer, tap), method, seed, batch_size)
     t = _target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
@@ -479,10 +527,10 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
         (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.receptive.unit_box``).
     """
     rows = _check_args(images, rows, method, seed, norm)
-    if not is_stack(model):
+    if not fast_path(model):
         from zf.graph import project_graph
 
-        return project_graph(model, images, rows, resolve_layer(model, layer, tap).path, method, seed,
+        return project_graph(model, images, rows, _graph_path(model, layer, tap), method, seed,
                              chunk=batch_size, crop=None if crop else False)
     t = _target(model, layer, tap)
     if crop and t.head is None:
@@ -495,4 +543,5 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
     return out
 
 
-__all__ = ["project", "project_windows", "activations", "check_invertible", "NotInvertibleError", "METHODS"]
+__all__ = ["project", "project_windows", "activations", "check_invertible", "fast_path", "NotInvertibleError",
+           "METHODS"]

@@ -78,10 +78,15 @@ class RF:
         return y * self.stride + self.offset + (self.size - 1) / 2
 
 
+class GeometryError(ValueError):
+    """A kernel the sequential recurrence does not cover (rectangular, dilated) or a non-square input:
+    ``graph_receptive_fields`` measures these instead."""
+
+
 def _square(v: Any, what: str, module: nn.Module) -> int:
     if isinstance(v, (tuple, list)):
         if len(set(v)) != 1:
-            raise ValueError(f"{type(module).__name__}: non-square {what} {v} is not supported")
+            raise GeometryError(f"{type(module).__name__}: non-square {what} {v} is not supported")
         v = v[0]
     if not isinstance(v, int):
         raise ValueError(f"{type(module).__name__}: {what}={v!r} is not supported (use integers)")
@@ -96,7 +101,7 @@ def geometry(module: nn.Module) -> tuple[int, int, int, bool] | None:
     if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         dil = getattr(module, "dilation", 1)
         if _square(dil, "dilation", module) != 1:
-            raise ValueError(f"{type(module).__name__}: dilation {dil} is not supported")
+            raise GeometryError(f"{type(module).__name__}: dilation {dil} is not supported")
         k = _square(module.kernel_size, "kernel_size", module)
         s = _square(module.stride if module.stride is not None else k, "stride", module)
         p = _square(module.padding, "padding", module)
@@ -116,7 +121,8 @@ def out_size(n: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
 
 def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) -> "OrderedDict[str, RF]":
     """RF of every layer.  For a ``features`` stack of leaf modules (``zf.layers.is_stack``): every layer of
-    ``model.features`` by the names of ``zf.layers.layer_table``, in forward order, by the recurrence above.  For any
+    ``model.features`` by the names of ``zf.layers.layer_table``, in forward order, by the recurrence above (measured
+    by ``graph_receptive_fields`` where a dilated or rectangular kernel or a non-square input rules it out).  For any
     other model: every module with a 4-D output, by module path, measured (``graph_receptive_fields``)."""
     from zf.layers import is_stack
 
@@ -124,9 +130,20 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) 
         from zf.graph import minable_layers
 
         return graph_receptive_fields(model, input_size, [p for p, _ in minable_layers(model, input_size)])
+    try:
+        return _stack_fields(model, input_size)
+    except GeometryError:  # a dilated or rectangular kernel, a non-square input: measure each layer instead
+        table = [(name, lay.path) for name, lay in layer_table(model).items() if lay.index is not None]
+        measured = graph_receptive_fields(model, input_size, [p for _, p in table])
+        return OrderedDict((name, measured[p]) for name, p in table)
+
+
+def _stack_fields(model: nn.Module, input_size: int | tuple[int, int]) -> "OrderedDict[str, RF]":
+    """``receptive_fields`` of a ``features`` stack by the recurrence; ``GeometryError`` where it does not apply,
+    ``ValueError`` for a module it has no rule for."""
     if not isinstance(input_size, int):
         if input_size[0] != input_size[1]:
-            raise ValueError(f"input_size {input_size}: the sequential receptive fields take a square input")
+            raise GeometryError(f"input_size {input_size}: the sequential receptive fields take a square input")
         input_size = int(input_size[0])
     size, stride, offset, n = 1, 1, 0, input_size
     out: OrderedDict[str, RF] = OrderedDict()
@@ -136,7 +153,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) 
         try:
             g = geometry(layer.module)
         except ValueError as e:
-            raise ValueError(f"receptive field of {layer.path} ({name}): {e}") from None
+            raise type(e)(f"receptive field of {layer.path} ({name}): {e}") from None
         if g is not None:
             k, s, p, ceil = g
             size, offset, stride = size + (k - 1) * stride, offset - p * stride, stride * s
