@@ -122,13 +122,20 @@ def test_a_run_re_renders_from_its_arrays(five_layer_run, tmp_path):
 def test_second_layer_reuses_the_mining_cache(five_layer_run, tmp_path):
     out, cache, _ = five_layer_run
     before = sorted(p.name for p in cache.iterdir())
-    run(["layer=conv2", "data.limit=14", "k=3", "units=[0,3]", f"hydra.run.dir={tmp_path}",
-         f"paths.cache_dir={cache}", *TINY])
+    run(["layer=conv2", "data.limit=14", "k=3", "units=[0,3]", "overview_units=1", "unit_figures=false",
+         f"hydra.run.dir={tmp_path}", f"paths.cache_dir={cache}", *TINY])
     assert sorted(p.name for p in cache.iterdir()) == before
     a = np.load(out / "layers" / "relu2" / "topk.npz")
     b = np.load(tmp_path / "layers" / "relu2" / "topk.npz")
     np.testing.assert_array_equal(b["units"], [0, 3])
     np.testing.assert_array_equal(b["image"], a["image"][[0, 3]])
+    # both listed units are rendered; the overview figure shows the first overview_units of them; no unit images
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["layers"]["relu2"]["overview_units"] == [0] and summary["layers"]["relu2"]["units"] == 2
+    assert len(list((tmp_path / "layers" / "relu2" / "deconvnet").glob("u0003_r*.png"))) == 3
+    assert not (tmp_path / "layers" / "relu2" / "units").exists() and summary["unit_figures"] is False
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "layers" / "relu2").rglob("*") if f.is_file())
+    assert summary["layers"]["relu2"]["disk_mb"] == round(on_disk / 1e6, 1)
 
 
 def test_flat_folder_of_odd_images_and_all_methods(tmp_path):
@@ -274,6 +281,8 @@ def test_main_job_on_graph_and_real_weights(tmp_path, model, imagenette, request
         for m in ("deconvnet", "guided", "gradient"):
             proj = np.load(d / f"{m}.npy").astype(np.float32) * np.load(d / f"{m}_scale.npy")[..., None, None, None]
             assert proj.shape[:3] == (2, 2, 3) and np.isfinite(proj).all() and np.abs(proj).max() > 0
+            # conv5_3's 196 px fields on 64 px images are stored cut to the image
+            assert proj.shape[3:] == ((64, 64) if layer == "relu5_3" else proj.shape[3:])
             assert (tmp_path / "figures" / f"{layer}_{m}.png").is_file()
         assert len(list((d / "deconvnet").glob("*.png"))) == 4
     assert (tmp_path / "gallery" / f"layer_{layers[1]}.html").is_file()

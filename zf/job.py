@@ -74,7 +74,8 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
             cached for later runs. units: channels to render (``None``: all; the overview then shows
             ``overview_units`` random units among those that fire, seeded by ``seed``; dead units are listed in the
             summary as ``dead_units`` and marked in the figures and the gallery; ``"overview"``: only the overview's
-            units, for big layers).
+            units, for big layers; a list: those units, the overview figure showing its first ``overview_units``,
+            since the figure draws every tile at native size: 64 conv5_3 units of VGG-16 would make a 68 MB PNG).
         methods: the first is the main one; the others are computed too (the gallery toggles between them).
         unit_figures: also write the per-unit images ``units/u<unit>_<method>.png`` (``render.render_layer``).
         info: extra keys for ``summary.json`` (model name, checkpoint, weights).
@@ -95,9 +96,9 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
     info_layers, figs, selected = {}, {}, {}
     for layer in targets:
         full = tables[layer]
-        overview = full.choose_units(overview_units, seed) if units is None or units == "overview" else \
-            [int(u) for u in units]
-        chosen = full.units.tolist() if units is None else overview
+        listed = None if units is None or units == "overview" else [int(u) for u in units]
+        overview = full.choose_units(overview_units, seed) if listed is None else listed[:overview_units]
+        chosen = full.units.tolist() if units is None else listed or overview
         table = selected[layer] = full.select(chosen)
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
                                           seed_mode, norm, display, device, dpi, tracker, progress, unit_figures)
