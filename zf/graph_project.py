@@ -114,7 +114,7 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
     group = torch.cat([crops[:, 3:], counts[:, None]], 1)
     for h, w, m in torch.unique(group, dim=0).tolist():
         cs = torch.nonzero((group == torch.tensor([h, w, m], device=dev)).all(1)).flatten()
-        copies = 1 if len(cs) >= _MIN_BATCH else min(m, -(-_MIN_BATCH // len(cs)))
+        copies = 1 if len(cs) >= _MIN_BATCH else min(m, chunk, -(-_MIN_BATCH // len(cs)))
         rounds = -(-m // copies)
         dy, dx = torch.arange(h, device=dev), torch.arange(w, device=dev)
         for b0 in range(0, len(cs), max(1, chunk // copies)):
