@@ -1,5 +1,6 @@
 """zf.deconv: a hand-computed tiny network, agreement with captum / autograd, crop == full image, receptive-field
 containment, and the errors."""
+import warnings
 from collections import OrderedDict
 
 import pytest
@@ -250,26 +251,28 @@ def test_stack_with_dilation_rectangles_and_avg_pool_goes_through_the_graph_engi
     model = DilatedStack().eval()
     with pytest.warns(UserWarning, match=r"features\.3 \(Conv2d\): dilation"):
         assert not fast_path(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per model
+        assert not fast_path(model)
     rfs = receptive_fields(model, 32)  # by hand: 3; pool 2/2 -> 4; dilation 2 -> +2*2*2 = 12; 3x5 -> 16 x 20
     assert (rfs["relu3"].size_hw, rfs["relu3"].stride_hw) == ((16, 20), (2, 2))
     assert (rfs["relu4"].size_hw, rfs["relu4"].stride_hw) == ((18 + 2 * 4, 22 + 2 * 4), (4, 4))
     x = torch.randn(2, 3, 32, 32)
     gen = torch.Generator().manual_seed(1)
-    with pytest.warns(UserWarning):
-        for layer in ("relu3", 4):
-            module = resolve_layer(model, layer).module
-            acts = activations(model, x, layer)
-            torch.testing.assert_close(acts, model.features[:7 if layer == "relu3" else 10](x))
-            rows = _rows(acts, 3, gen)
-            for method, ref in (("deconvnet", NeuronDeconvolution), ("guided", NeuronGuidedBackprop)):
-                ours = project(model, x, rows, layer, method=method, seed="one")
-                expected = torch.cat([ref(model, module).attribute(x[r[0]:r[0] + 1], neuron_selector=tuple(r[1:]))
-                                      for r in rows.tolist()])
-                assert expected.abs().max() > 0
-                _close(ours, expected)
-        assert check_invertible(model, 4).path == "features.9"
-        with pytest.raises(NotInvertibleError, match=r"fc6 is in the classifier.*features\.3 \(Conv2d\)"):
-            project(model, x, torch.zeros(1, 4, dtype=torch.long), "fc6")
+    for layer in ("relu3", 4):
+        module = resolve_layer(model, layer).module
+        acts = activations(model, x, layer)
+        torch.testing.assert_close(acts, model.features[:7 if layer == "relu3" else 10](x))
+        rows = _rows(acts, 3, gen)
+        for method, ref in (("deconvnet", NeuronDeconvolution), ("guided", NeuronGuidedBackprop)):
+            ours = project(model, x, rows, layer, method=method, seed="one")
+            expected = torch.cat([ref(model, module).attribute(x[r[0]:r[0] + 1], neuron_selector=tuple(r[1:]))
+                                  for r in rows.tolist()])
+            assert expected.abs().max() > 0
+            _close(ours, expected)
+    assert check_invertible(model, 4).path == "features.9"
+    with pytest.raises(NotInvertibleError, match=r"fc6 is in the classifier.*features\.3 \(Conv2d\)"):
+        project(model, x, torch.zeros(1, 4, dtype=torch.long), "fc6")
 
 
 def test_errors():

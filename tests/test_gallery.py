@@ -215,6 +215,16 @@ def test_layers_argument_and_unmined_layers(run):
     assert html.index(layer_page("conv1")) < html.index(layer_page("conv2"))
 
 
+def test_rectangular_fields_are_shown_per_axis(run):
+    summary = json.loads((run / "summary.json").read_text())
+    summary["layers"]["conv2"].update(rf_hw=[16, 20], stride_hw=[2, 4])
+    summary["layers"]["conv1"].update(rf_hw=[7, 7], stride_hw=[2, 2])
+    (run / "summary.json").write_text(json.dumps(summary))
+    html = build_gallery(run).read_text()
+    assert "<td>16x20</td><td>2x4</td>" in html and f"<td>{summary['layers']['conv1']['rf']}</td>" in html
+    assert read_data(run / "gallery", "conv2")["rf_label"] == "16x20"
+
+
 def test_module_path_layer_names(tmp_path):
     run = fabricate_run(tmp_path / "run", layers={"features.9": LAYERS["conv2"]}, short=None, missing=None)
     build_gallery(run)

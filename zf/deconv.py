@@ -31,6 +31,7 @@ whole images with the ReLU rule swapped in; it is the reference, and the path fo
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,9 @@ def _stack_obstacle(model: nn.Module) -> str | None:
     return None
 
 
+_WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models fast_path has warned about
+
+
 def fast_path(model: nn.Module) -> bool:
     """Whether this module's own reverse pass projects ``model``: a ``features`` stack (``zf.layers.is_stack``) of
     modules it can reverse.  Any other model, including a stack with one module it cannot reverse (warned about
@@ -101,9 +105,10 @@ def fast_path(model: nn.Module) -> bool:
     if not is_stack(model):
         return False
     why = _stack_obstacle(model)
-    if why is not None:
+    if why is not None and model not in _WARNED:
         import warnings
 
+        _WARNED.add(model)
         lrn = any(isinstance(m, nn.LocalResponseNorm) for m in model.features)
         warnings.warn(f"{type(model).__name__}.features: {why}: zf.deconv's stack path cannot reverse it, so this "
                       "model is projected through zf.graph (autograd with the same rules, slower)"

@@ -119,6 +119,7 @@ def layer_data(run: Path, layer: str, summary: dict, image_paths: list[str]) -> 
         "dir": "../layers/" + quote(layer) + "/",
         "k": int(topk.k),
         "rf": info.get("rf"),
+        "rf_label": _hw(info, "rf"),
         "stride": info.get("stride"),
         "channels": info.get("channels"),
         "methods": methods,
@@ -153,6 +154,15 @@ def _page(title: str, body: str, scripts: list[str] = ()) -> str:
 """
 
 
+def _hw(info: dict, key: str) -> str:
+    """A layer's receptive field or stride as the gallery shows it: ``"99"``, or ``"16x20"`` where the two axes
+    differ (``<key>_hw`` in summary.json)."""
+    hw = info.get(f"{key}_hw")
+    if hw and hw[0] != hw[1]:
+        return f"{hw[0]}x{hw[1]}"
+    return "" if info.get(key) is None else str(info.get(key))
+
+
 def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str], n_dead: dict) -> str:
     e = html.escape
     methods = summary.get("methods", [])
@@ -175,7 +185,7 @@ def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str],
         lrows.append(
             f'<tr><td><a class="layer-link" href="{quote(layer_page(layer))}">{e(layer)}</a></td>'
             f'<td>{e(str(d.get("units", "")))}</td><td>{e(str(d.get("channels", "")))}</td>'
-            f'<td>{e(str(d.get("rf", "")))}</td><td>{e(str(d.get("stride", "")))}</td>'
+            f'<td>{e(_hw(d, "rf"))}</td><td>{e(_hw(d, "stride"))}</td>'
             f'<td class="dead-count">{n_dead.get(layer, 0)}</td></tr>\n')
     for layer in missing:
         lrows.append(f'<tr class="missing"><td>{e(layer)}</td><td colspan="5">no topk.npz: not mined</td></tr>\n')

@@ -102,7 +102,9 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         table = selected[layer] = full.select(chosen)
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
                                           seed_mode, norm, display, device, dpi, tracker, progress, unit_figures)
-        info_layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride, "units": len(chosen),
+        info_layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride,
+                              "rf_hw": list(rfs[layer].size_hw), "stride_hw": list(rfs[layer].stride_hw),
+                              "units": len(chosen),
                               "channels": len(full.units), "overview_units": overview,
                               "mean_top1_activation": float(np.nanmean(table.activation[:, 0])),
                               "dead_units": table.dead, "disk_mb": round(_disk_mb(layer_dir(out, layer)), 1)}

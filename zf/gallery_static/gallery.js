@@ -100,7 +100,8 @@
     var filter = document.getElementById("filter"), count = document.getElementById("count");
     var h = readHash(), method = pickMethod(h.m);
     document.getElementById("layer-meta").textContent = D.units.length + " units" +
-      (D.channels ? " of " + D.channels + " channels" : "") + (D.rf ? " \u00b7 receptive field " + D.rf + " px" : "") +
+      (D.channels ? " of " + D.channels + " channels" : "") +
+      (D.rf ? " \u00b7 receptive field " + (D.rf_label || D.rf) + " px" : "") +
       (D.stride ? " \u00b7 stride " + D.stride : "") + " \u00b7 top " + D.k + (D.model ? " \u00b7 " + D.model : "") +
       " \u00b7 " + (D.n_dead || 0) + " dead";
 
