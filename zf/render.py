@@ -50,7 +50,7 @@ def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, 
                  progress: bool = True, unit_figures: bool = True) -> dict[str, Path]:
     """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}.
     ``unit_figures=False`` leaves out the per-unit images (``units/``), which repeat the patch and projection PNGs
-    in one picture: about a quarter of a big layer's disk use (README, "Disk use")."""
+    in one picture: about a quarter of a big layer's disk use (README, "Bring your own network")."""
     tracker = tracker or Tracker(enabled=False)
     ldir = R.layer_dir(out, layer)
     ldir.mkdir(parents=True, exist_ok=True)
