@@ -193,6 +193,7 @@ def test_sweep_gives_one_run_directory_per_job(tmp_path, imagenette):
     ("k=-1", "k=-1: the number of top images per unit must be at least 1"),
     ("method=foo", "method='foo': use one of deconvnet, guided, gradient"),
     ("display=foo", "display='foo': use one of symmetric, minmax"),
+    ("unit_figures=maybe", "unit_figures='maybe': use true or false"),
     ("units=[0,9999]", "units=[9999]: relu4 has units 0.."),
     ("model=vgg16", "model.weights=random"),
     ("hydra.run.dir=/proc/zf-cannot-write", "cannot write the run directory /proc/zf-cannot-write"),

@@ -43,6 +43,14 @@ def plain(cfg):
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
+def flag(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    """A true/false option of the config; anything else (``unit_figures=maybe``) is a ``ConfigError``, not truthy."""
+    v = cfg.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}={v!r}: use true or false")
+    return v
+
+
 def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

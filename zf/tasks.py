@@ -12,7 +12,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as zdata
-from .edge import (Context, cli, dataset_from_cfg, dispatch, miner, model_from_cfg, model_info,  # noqa: F401
+from .edge import (Context, cli, dataset_from_cfg, dispatch, flag, miner, model_from_cfg, model_info,  # noqa: F401
                    normalize_from_cfg, plain, task)  # (the scripts call cli and dispatch from here)
 from .errors import ConfigError
 
@@ -26,7 +26,7 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     from .job import topk_job
 
     model = model_from_cfg(cfg).eval().to(ctx.device)
-    if cfg.get("list_layers"):
+    if flag(cfg, "list_layers"):
         from .graph import format_layers, list_layers
 
         print(format_layers(list_layers(model, int(cfg.data.size))))
@@ -39,14 +39,15 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     from .deconv import METHODS
 
     methods = [cfg.method] + ([m for m in METHODS if m != cfg.method]
-                              if cfg.compare_methods else [])
+                              if flag(cfg, "compare_methods") else [])
     summary = topk_job(model, dataset, normalize.to(ctx.device), transform, layers, ctx.out, cfg.paths.cache_dir,
                        units=units, overview_units=int(cfg.overview_units), k=int(cfg.k), methods=methods,
                        tap=cfg.tap, seed_mode=cfg.seed_mode, norm=cfg.norm, display=cfg.display,
                        mine_layers=list(cfg.mine_layers or []), batch_size=int(cfg.batch_size),
-                       num_workers=int(cfg.num_workers), device=ctx.device, seed=int(cfg.seed), gallery=cfg.gallery,
-                       dpi=int(cfg.dpi), unit_figures=bool(cfg.get("unit_figures", True)), tracker=ctx.tracker,
-                       progress=cfg.progress,
+                       num_workers=int(cfg.num_workers), device=ctx.device, seed=int(cfg.seed),
+                       gallery=flag(cfg, "gallery", True), dpi=int(cfg.dpi),
+                       unit_figures=flag(cfg, "unit_figures", True), tracker=ctx.tracker,
+                       progress=flag(cfg, "progress", True),
                        info=model_info(cfg, model))
     return 0.0 if summary is None else list(summary["layers"].values())[-1]["mean_top1_activation"]
 
