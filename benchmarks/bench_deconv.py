@@ -102,17 +102,8 @@ def main() -> None:
     ours = project(model, images, rows, layer, method=args.method, seed="one", norm=args.norm)
     t_ours = time.perf_counter() - t0
 
-    from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
-
-    module = resolve_layer(model, layer).module
-    attr = (NeuronDeconvolution if args.method == "deconvnet" else NeuronGuidedBackprop)(model, module)
-    x = images.clone().requires_grad_(True)
     ref = torch.empty_like(ours)
-    attr.attribute(x, neuron_selector=(0, int(ys[0]), int(xs[0])))  # warm up
-    t0 = time.perf_counter()
-    for ch in range(c):
-        ref[ch * n:(ch + 1) * n] = attr.attribute(x, neuron_selector=(ch, int(ys[ch]), int(xs[ch]))).detach()
-    t_ref = time.perf_counter() - t0
+    t_ref = _captum_loop(model, resolve_layer(model, layer).module, images, args.method, n, c, ys, xs, ref)
 
     diff = (ours - ref).abs().max().item() / ref.abs().max().item()
     print(f"captum loop: {t_ref:.2f} s\n"
@@ -140,7 +131,12 @@ def bench_graph(model, images, rows, layer, args, n, c, ys, xs) -> None:
 
     path = resolve_layer(model, layer).path
     rf = graph_receptive_fields(model, tuple(images.shape[2:]), [path])[path]  # measured once per model, cached
-    print(f"receptive field of {path}: {rf.size_hw} px, stride {rf.stride_hw}")
+    from zf.graph_project import _crops
+
+    (ay, _), (ax, _) = _crops(rf, rows, *images.shape[2:])
+    crops = len(torch.unique(torch.stack([rows[:, 0], ay, ax], 1), dim=0))
+    print(f"receptive field of {path}: {rf.size_hw} px, stride {rf.stride_hw}; {len(rows)} rows on {crops} distinct "
+          "crops (used where the field is under half the image)")
     kw = dict(method=args.method, seed="one", batch_size=args.chunk)
     project(model, images, rows[:2], layer, **kw)  # warm up
     t0 = time.perf_counter()

@@ -31,15 +31,10 @@ def missing(what: str) -> None:
     pytest.skip(what)
 
 
-def imagenette_root() -> Path:
-    """The Imagenette root (train/ and val/ ImageFolder trees) the tests use: ``ZF_DATA`` or the shipped path."""
-    return default_data_root()
-
-
 @pytest.fixture(scope="session")
 def imagenette() -> Path:
     """The Imagenette root with a val/ split; skips (fails under CI) where it is missing."""
-    root = imagenette_root()
+    root = default_data_root()  # ZF_DATA or the shipped path
     if not (root / "val").is_dir():
         missing(f"Imagenette val split not found at {root / 'val'}: set ZF_DATA to the folder holding train/ and "
                 "val/")

@@ -17,9 +17,6 @@ from zf.graph_project import _crops
 from zf.layers import resolve_layer
 from zf.receptive import graph_receptive_fields, receptive_fields, unit_box
 
-VGG = Path("/work/shared/models/vgg16_imagenet_features.pth")
-
-
 def _no_inplace(model):
     for m in model.modules():
         if hasattr(m, "inplace"):
@@ -47,20 +44,16 @@ def _captum(model, module, images, rows, method):
                       .detach() for i, c, y, x in rows.tolist()])
 
 
-def _vgg():
-    if not VGG.exists():
-        pytest.skip(f"{VGG} missing")
+def _vgg(request):
+    weights = request.getfixturevalue("shared_models") / "vgg16_imagenet_features.pth"
     model = torchvision.models.vgg16(weights=None)
-    missing, _ = model.load_state_dict(torch.load(VGG, weights_only=True), strict=False)
+    missing, _ = model.load_state_dict(torch.load(weights, weights_only=True), strict=False)
     assert all(k.startswith("classifier.") for k in missing)
     return model
 
 
-def _real_images(n, size):
-    root = Path("/work/shared/data/imagenette-224/val")
-    files = sorted(root.rglob("*.JPEG"))[:n]
-    if not files:
-        pytest.skip("no imagenette data")
+def _real_images(root: Path, n, size):
+    files = sorted((root / "val").rglob("*.JPEG"))[:n]
     x = torch.stack([torchvision.io.decode_image(str(f), mode=torchvision.io.ImageReadMode.RGB) for f in files])
     x = F.interpolate(x.float() / 255, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -68,18 +61,19 @@ def _real_images(n, size):
 
 
 CASES = {  # factory, input size, layers (a crop-path layer first where the field is small)
-    "resnet18": (lambda: torchvision.models.resnet18(), 96, ["layer1", "layer2.0.relu", "layer3"]),
-    "densenet121": (lambda: torchvision.models.densenet121(), 64, ["features.denseblock1", "features.transition2"]),
+    "resnet18": (lambda _: torchvision.models.resnet18(), 96, ["layer1", "layer2.0.relu", "layer3"]),
+    "densenet121": (lambda _: torchvision.models.densenet121(), 64, ["features.denseblock1", "features.transition2"]),
     "vgg16_real": (_vgg, 64, ["features.8", "features.22"]),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_agrees_with_captum(name):
+def test_agrees_with_captum(name, request):
     torch.manual_seed(0)
     factory, size, layers = CASES[name]
-    model = _no_inplace(factory())
-    images = _real_images(2, size) if name == "vgg16_real" else torch.randn(2, 3, size, size)
+    model = _no_inplace(factory(request))
+    images = (_real_images(request.getfixturevalue("imagenette"), 2, size) if name == "vgg16_real"
+              else torch.randn(2, 3, size, size))
     gen = torch.Generator().manual_seed(1)
     for layer in layers:
         acts = capture(model, images, [layer])[layer]

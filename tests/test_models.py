@@ -246,11 +246,8 @@ def test_partial_state_dict_records_what_stayed_random():
         require_loaded(dst, "classifier.", "occlusion")
 
 
-VGG_TRUNK = Path("/work/shared/models/vgg16_imagenet_features.pth")
-
-
-@pytest.mark.skipif(not VGG_TRUNK.is_file(), reason=f"{VGG_TRUNK} is not on this machine")
-def test_real_vgg16_trunk_loads_with_the_classifier_random():
+def test_real_vgg16_trunk_loads_with_the_classifier_random(shared_models):
+    VGG_TRUNK = shared_models / "vgg16_imagenet_features.pth"
     state = torch.load(VGG_TRUNK, map_location="cpu", weights_only=True)
     with pytest.warns(UserWarning, match="classifier.\\* stayed random"):
         m = build_model("vgg16", weights=str(VGG_TRUNK))

@@ -39,10 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zf.errors import ConfigError
+from zf.graph import METHODS
 from zf.layers import Layer, is_stack, resolve_layer
 
-METHODS = ("deconvnet", "guided", "gradient")
-SEEDS = ("activation", "one")
 NORMS = ("identity", "gradient")
 
 _POINTWISE_OK = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -58,7 +57,8 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def _check_module(path: str, m: nn.Module) -> None:
+def _obstacle(m: nn.Module) -> str | None:
+    """Why this module's reverse pass cannot reverse ``m`` (``"dilation (2, 2)"``), or ``None``."""
     why = None
     if isinstance(m, nn.Conv2d):
         if _pair(m.dilation) != (1, 1):
@@ -73,6 +73,11 @@ def _check_module(path: str, m: nn.Module) -> None:
             why = "no running statistics"
     elif not isinstance(m, _POINTWISE_OK):
         why = "unsupported module"
+    return why
+
+
+def _check_module(path: str, m: nn.Module) -> None:
+    why = _obstacle(m)
     if why:
         raise NotInvertibleError(f"cannot invert {path} ({type(m).__name__}): {why}. The deconvnet reverses only "
                                  f"{_SUPPORTED} (and Linear/ReLU/Dropout in the classifier).")
@@ -84,13 +89,14 @@ def _stack_obstacle(model: nn.Module) -> str | None:
     from zf.receptive import geometry
 
     for k, m in model.features.named_children():
-        try:
-            _check_module(f"features.{k}", m)
-            geometry(m)
-        except NotInvertibleError as e:
-            return f"features.{k} ({type(m).__name__}): {str(e).split(': ', 1)[1].split('. The deconvnet')[0]}"
-        except ValueError as e:
-            return f"features.{k} ({type(m).__name__}): {e}"
+        why = _obstacle(m)
+        if why is None:
+            try:
+                geometry(m)
+            except ValueError as e:
+                why = str(e)
+        if why is not None:
+            return f"features.{k} ({type(m).__name__}): {why}"
     return None
 
 
@@ -116,13 +122,13 @@ def fast_path(model: nn.Module) -> bool:
     return why is None
 
 
-def _graph_path(model: nn.Module, layer, tap: str) -> str:
-    """The module path ``zf.graph`` projects for ``layer`` of a model ``fast_path`` turned down."""
+def _graph_layer(model: nn.Module, layer, tap: str) -> Layer:
+    """The layer ``zf.graph`` projects for ``layer`` of a model ``fast_path`` turned down."""
     lay = resolve_layer(model, layer, tap)
     if is_stack(model) and lay.index is None:
         raise NotInvertibleError(f"{lay.name} is in the classifier of a features stack projected through zf.graph "
                                  f"({_stack_obstacle(model)}); choose a layer of model.features")
-    return lay.path
+    return lay
 
 
 @dataclass(frozen=True)
@@ -137,8 +143,7 @@ def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> L
     reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``).
     Models that are not ``features`` stacks go through ``zf.graph`` (autograd), which reverses anything."""
     if not fast_path(model):
-        _graph_path(model, layer, tap)
-        return resolve_layer(model, layer, tap)
+        return _graph_layer(model, layer, tap)
     return _target(model, layer, tap).layer
 
 
@@ -447,7 +452,7 @@ def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, 
     if not fast_path(model):
         from zf.graph_project import graph_windows
 
-        return graph_windows(model, images, rows, _graph_path(model, layer, tap), method, seed, batch_size)
+        return graph_windows(model, images, rows, _graph_layer(model, layer, tap).path, method, seed, batch_size)
     t = _target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
@@ -535,7 +540,7 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
     if not fast_path(model):
         from zf.graph import project_graph
 
-        return project_graph(model, images, rows, _graph_path(model, layer, tap), method, seed,
+        return project_graph(model, images, rows, _graph_layer(model, layer, tap).path, method, seed,
                              chunk=batch_size, crop=None if crop else False)
     t = _target(model, layer, tap)
     if crop and t.head is None:

@@ -80,7 +80,7 @@ def dead_units(topk: TopK, info: dict) -> tuple[set[int], str]:
     "top k" are ties at zero, broken by image index, so its patches say nothing about it)."""
     if info.get("dead_units") is not None:
         return {int(u) for u in info["dead_units"]}, "summary.json"
-    return {int(u) for u, a in zip(topk.units.tolist(), topk.activation[:, 0]) if not a > 0}, "topk.npz"
+    return set(topk.dead), "topk.npz"
 
 
 def layer_data(run: Path, layer: str, summary: dict, image_paths: list[str]) -> dict:

@@ -37,27 +37,18 @@ def _seeds(acts, b, ch, y, x, seed):
     return g
 
 
-def _full(model, images, rows, path, method, seed, chunk, out, batched=True):
-    """Whole images.  Default (``batched``): one forward per image, reverse passes ``is_grads_batched`` over chunks
-    of its rows; otherwise each chunk of one image's rows runs forward on as many copies of the image and back once
-    (equal results; slower, see ``zf.graph``'s docstring)."""
+def _full(model, images, rows, path, method, seed, chunk, out):
+    """Whole images: one forward per image, reverse passes ``is_grads_batched`` over chunks of its rows (faster
+    than one forward of as many copies of the image, see ``zf.graph``'s docstring)."""
     for i in torch.unique(rows[:, 0]).tolist():
         sel = torch.nonzero(rows[:, 0] == i).flatten()
-        if batched:
-            x = images[i:i + 1].detach().requires_grad_(True)
-            with torch.enable_grad(), rules(method):
-                acts = capture(model, x, [path])[path]
+        x = images[i:i + 1].detach().requires_grad_(True)
+        with torch.enable_grad(), rules(method):
+            acts = capture(model, x, [path])[path]
         for b0 in range(0, len(sel), chunk):
             idx = sel[b0:b0 + chunk]
             r = rows[idx]
             ar = torch.arange(len(r), device=r.device)
-            if not batched:
-                x = images[i:i + 1].detach().repeat(len(r), 1, 1, 1).requires_grad_(True)
-                with torch.enable_grad(), rules(method):
-                    acts = capture(model, x, [path])[path]
-                _check_units(r, acts.shape, path)
-                out[idx] = torch.autograd.grad(acts, x, _seeds(acts, ar, r[:, 1], r[:, 2], r[:, 3], seed))[0]
-                continue
             _check_units(r, acts.shape, path)
             g = torch.zeros(len(r), *acts.shape, dtype=acts.dtype, device=acts.device)
             v = acts[0, r[:, 1], r[:, 2], r[:, 3]].detach() if seed == "activation" else 1.0
@@ -94,7 +85,8 @@ def _crops(rf, rows, H, W):
     return out
 
 
-_MIN_BATCH = 8  # crops per forward below which copies of a crop pay (measured: a backward of 1 crop costs 3x a row of 8)
+# crops per forward below which copies of a crop pay (measured: a backward of 1 crop costs 3x a row of a batch of 8)
+_MIN_BATCH = 8
 
 
 def _cropped(model, images, rows, path, method, seed, chunk, out, rf):

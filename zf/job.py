@@ -94,14 +94,15 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
     (out / "images.json").write_text(json.dumps(id_paths))
     rfs = receptive_fields(model, input_size=int(transform.get("size", 224)))
     info_layers, figs, selected = {}, {}, {}
+    listed = None if units is None or units == "overview" else [int(u) for u in units]
     for layer in targets:
         full = tables[layer]
-        listed = None if units is None or units == "overview" else [int(u) for u in units]
         overview = full.choose_units(overview_units, seed) if listed is None else listed[:overview_units]
         chosen = full.units.tolist() if units is None else listed or overview
         table = selected[layer] = full.select(chosen)
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
-                                          seed_mode, norm, display, device, dpi, tracker, progress, unit_figures)
+                                          seed_mode, norm, display, device, dpi, tracker, progress, unit_figures,
+                                          id_paths)
         info_layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride,
                               "rf_hw": list(rfs[layer].size_hw), "stride_hw": list(rfs[layer].stride_hw),
                               "units": len(chosen),

@@ -172,7 +172,8 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
         raise ConfigError(f"save_every_s={save_every_s!r}: must be seconds >= 0 (or None)")
     taps = _feature_taps(model, layers, tap)
     guess = getattr(dataset, "size", None)
-    rfs = _receptive_fields(model, guess if isinstance(guess, int) else 224)
+    guess = guess if isinstance(guess, int) else 224  # the image size the fields are computed for before the pass
+    rfs = _receptive_fields(model, guess)
     if len(dataset) == 0:
         raise DataError("the data set to mine holds no images")
 

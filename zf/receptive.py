@@ -127,9 +127,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) 
     from zf.layers import is_stack
 
     if not is_stack(model):
-        from zf.graph import minable_layers
-
-        return graph_receptive_fields(model, input_size, [p for p, _ in minable_layers(model, input_size)])
+        return graph_receptive_fields(model, input_size)
     try:
         return _stack_fields(model, input_size)
     except GeometryError:  # a dilated or rectangular kernel, a non-square input: measure each layer instead

@@ -47,16 +47,18 @@ def save_sources(out: Path, dataset, image_ids) -> None:
 def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, overview: list[int],
                  methods: Sequence[str], tap: str = "relu", seed_mode: str = "activation", norm: str = "identity",
                  display_mode: str = "symmetric", device="cpu", dpi: int = 110, tracker: Tracker | None = None,
-                 progress: bool = True, unit_figures: bool = True) -> dict[str, Path]:
+                 progress: bool = True, unit_figures: bool = True,
+                 paths: Sequence[str] | None = None) -> dict[str, Path]:
     """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}.
+    ``paths``: the data set's image paths as strings, if the caller has them already.
     ``unit_figures=False`` leaves out the per-unit images (``units/``), which repeat the patch and projection PNGs
     in one picture: about a quarter of a big layer's disk use (README, "Bring your own network")."""
     tracker = tracker or Tracker(enabled=False)
     ldir = R.layer_dir(out, layer)
     ldir.mkdir(parents=True, exist_ok=True)
     table.save(ldir / "topk.npz")
-    write_csv(ldir / "topk.csv", topk_rows(layer, table, [str(dataset.path(i)) for i in range(len(dataset))]),
-              TOPK_COLUMNS)
+    paths = paths if paths is not None else [str(dataset.path(i)) for i in range(len(dataset))]
+    write_csv(ldir / "topk.csv", topk_rows(layer, table, paths), TOPK_COLUMNS)
     save_sources(out, dataset, table.image)
     units = table.units.tolist()
     figs = {}
@@ -101,7 +103,7 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
     figure, from arrays: patches uint8 (U, k, h, w, 3), proj (U, k, 3, h, w), units in ``table.units`` order."""
     from concurrent.futures import ThreadPoolExecutor
 
-    proj = proj.astype("float32")
+    proj = np.asarray(proj, np.float32)  # no copy when it is float32 already (a big layer's array is GBs)
     shown = display(proj, display_mode)
     units = table.units.tolist()
     for d in ({R.projection_path(out, layer, method, 0, 0).parent}
@@ -218,12 +220,12 @@ def methods_figure(run: str | os.PathLike, layers: Sequence[str] | None = None,
     panels = []  # (label, [grid per method..., patch grid])
     for layer in layers:
         table = TopK.load(R.layer_dir(run, layer) / "topk.npz")
-        ov = [u for u in summary["layers"][layer].get("overview_units") or table.units.tolist()
-              if u not in set(table.dead)]
+        dead = set(table.dead)
+        ov = [u for u in summary["layers"][layer].get("overview_units") or table.units.tolist() if u not in dead]
         chosen = sorted(int(u) for u in rng.choice(ov, size=min(units_per_layer, len(ov)), replace=False))
         idx = [table.units.tolist().index(u) for u in chosen]
         projs = {m: load_projections(R.layer_dir(run, layer), m)[idx, :9] for m in methods}
-        patches = read_patches(run, layer, table, next(iter(projs.values())).shape[-2:])[idx, :9]
+        patches = read_patches(run, layer, table.select(chosen, ranks=9), next(iter(projs.values())).shape[-2:])
         projs = {m: display(p) for m, p in projs.items()}
         for j, u in enumerate(chosen):
             panels.append((f"{layer} unit {u}", [image_grid(tiles(projs[m][j]), 3) for m in methods]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import data as zdata
 from .edge import (Context, cli, dataset_from_cfg, dispatch, flag, miner, model_from_cfg, model_info,  # noqa: F401
                    normalize_from_cfg, plain, task)  # (the scripts call cli and dispatch from here)
 from .errors import ConfigError
@@ -76,8 +75,8 @@ def _experiment_images(cfg: DictConfig, ctx: Context, rel_paths):
     class names, ``Normalize`` on the device, images (uint8) and labels (paths relative to the val split)."""
     from .experiments.features import load_images
 
-    val_root = dataset_from_cfg(cfg, "val", limit=None).files.root
-    classes = zdata.list_images(val_root).classes
+    val = dataset_from_cfg(cfg, "val", limit=None)
+    val_root, classes = val.files.root, val.classes
     model = model_from_cfg(cfg, None if cfg.model.get("checkpoint") else len(classes)).eval().to(ctx.device)
     classes = list((getattr(model, "meta", {}) or {}).get("classes") or classes)
     normalize = normalize_from_cfg(cfg, model)[0].to(ctx.device)

@@ -209,13 +209,6 @@ class _StepDropout:
                 del m.forward
 
 
-def _pause_point(epoch: int, step: int) -> None:
-    """Fault-injection hook for tests (``zf.faults``): with ``ZF_PAUSE_AT=train:<epoch>:<step>`` and
-    ``ZF_PAUSE_FILE=<path>`` in the environment, the process writes its pid to that file before that step of that
-    epoch (1-based) and waits until the file is removed (or killed: the kill then lands mid-run for certain)."""
-    pause_point(f"train:{epoch}:{step}")
-
-
 def distributed_setup() -> tuple[int, int, torch.device]:
     """(rank, world_size, device) from torchrun's environment; nccl on GPUs, gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -346,7 +339,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
             for step, (batch, bad) in enumerate(tqdm(epoch_loader(epoch), desc=f"epoch {epoch}", leave=False,
                                                      disable=rank != 0 or not cfg.progress, mininterval=10), 1):
                 record_skipped(train_set, bad)
-                _pause_point(epoch, step)
+                pause_point(f"train:{epoch}:{step}")  # tests' fault injection (zf.faults; 1-based epoch, step)
                 if batch is None:
                     continue
                 x, y = batch[0].to(device, non_blocking=True), batch[1].to(device)
@@ -445,7 +438,7 @@ def fit_task(model: nn.Module, train_set, val_set, out_dir: str | os.PathLike, c
     images).  Returns the best val top-1 accuracy."""
     import json
 
-    from .data import BatchAugment, TensorImages
+    from .data import TensorImages
     from .data import preload as decode
 
     out_dir = Path(out_dir)

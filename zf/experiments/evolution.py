@@ -8,7 +8,8 @@ The snapshots are the small ``features_epochNNN.pt`` files ``zf.train.fit`` writ
 and not needed (every layer shown is convolutional).  The paper mines "all training examples"; the task mines a
 seeded subset (``evolution.images``) to fit a CPU budget.
 
-    snaps = [load_snapshot(p) for p in find_snapshots(EVOLUTION_SNAPSHOTS)]
+    from zf.models import EVOLUTION_SNAPSHOTS
+    snaps = [load_snapshot(p) for _, p in find_snapshots(EVOLUTION_SNAPSHOTS)]
     res = evolution(snaps, dataset, layers=[1, 2, 3, 4, 5], n_units=3)
     fig, ax = evolution_figure(res)
 """
