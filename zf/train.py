@@ -317,6 +317,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
         start = int(state["epoch"]) + 1
         if rank == 0:
             print(f"resuming from {last} after epoch {state['epoch']}")
+    if start == 1 and rank == 0:
+        # the initial weights (float32), so that how far training moved each layer can be measured later
+        # (zf.experiments.filters.similarity_to_init); they also follow from the run's seed
+        save_atomic({"features": feature_state(model, half=False), "arch": getattr(model, "arch", {}), "epoch": 0},
+                    ckpt_dir / "features_epoch000.pt")
     sizes = {int(k): int(v) for k, v in (cfg.sizes or {}).items()}
 
     def size_at(epoch: int) -> int | None:
