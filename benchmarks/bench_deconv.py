@@ -1,4 +1,4 @@
-"""Time zf.deconv.project against captum's NeuronDeconvolution on the same rows.
+"""Time zf.projection.api.project against captum's NeuronDeconvolution on the same rows.
 
 Rows: for every channel of the layer, the 9 first validation images (sorted listing) at one position, the argmax of
 the channel's mean map over the 9 images; 9 x C rows.  captum is called once per channel (9 rows per call).
@@ -7,8 +7,8 @@ the channel's mean map over the 9 images; 9 x C rows.  captum is called once per
     .venv/bin/python benchmarks/bench_deconv.py --graph resnet18 --layer layer2             # 9 x 128 rows
     .venv/bin/python benchmarks/bench_deconv.py --graph resnet50 --layer layer3 --units 64  # 9 x 64 rows
 
-``--graph`` runs a torchvision network with random (seeded) weights through zf.graph (autograd with the deconvnet
-rule, receptive-field crops where they pay); the results are checked equal to captum's.
+``--graph`` runs a torchvision network with random (seeded) weights through zf.projection.graph (autograd with the
+deconvnet rule, receptive-field crops where they pay); the results are checked equal to captum's.
 Images: ``--images``, default ``<data root>/val`` (env ``ZF_DATA``, see ``zf.data.default_data_root``).
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from zf.data import default_data_root
-from zf.deconv import activations, project, project_windows
-from zf.layers import resolve_layer
-from zf.models import load_zfnet, zfnet
+from zf.net.layers import resolve_layer
+from zf.net.models import load_zfnet, zfnet
+from zf.projection.api import activations, project, project_windows
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -53,9 +53,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--images", default=None, help="folder of images (default: <data root>/val)")
     ap.add_argument("--graph", default=None, choices=["resnet18", "resnet50"],
-                    help="a torchvision network (random weights) through zf.graph instead of zfnet")
+                    help="a torchvision network (random weights) through zf.projection.graph instead of zfnet")
     ap.add_argument("--units", type=int, default=None, help="first N channels only (default: all)")
-    ap.add_argument("--chunk", type=int, default=None, help="rows per reverse batch (zf.graph)")
+    ap.add_argument("--chunk", type=int, default=None, help="rows per reverse batch (zf.projection.graph)")
     ap.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided"])
     ap.add_argument("--norm", default="gradient", choices=["gradient", "identity"],
                     help="LRN in the reverse path; captum back-propagates through it, so 'gradient' gives equal "
@@ -107,8 +107,8 @@ def main() -> None:
 
     diff = (ours - ref).abs().max().item() / ref.abs().max().item()
     print(f"captum loop: {t_ref:.2f} s\n"
-          f"zf.deconv.project (full (R, 3, H, W) canvases): {t_ours:.2f} s   speed-up {t_ref / t_ours:.1f}x\n"
-          f"zf.deconv.project_windows (receptive-field windows, what the main job uses): {t_win:.2f} s   "
+          f"zf.projection.api.project (full (R, 3, H, W) canvases): {t_ours:.2f} s   speed-up {t_ref / t_ours:.1f}x\n"
+          f"zf.projection.api.project_windows (receptive-field windows, what the main job uses): {t_win:.2f} s   "
           f"speed-up {t_ref / t_win:.1f}x\n"
           f"max |diff| / max |ref| = {diff:.2e}")
 
@@ -126,12 +126,12 @@ def _captum_loop(model, module, images, method, n, c, ys, xs, out):
 
 
 def bench_graph(model, images, rows, layer, args, n, c, ys, xs) -> None:
-    """zf.deconv.project (dispatching to zf.graph) against captum's per-unit loop, in one process."""
-    from zf.receptive import graph_receptive_fields
+    """zf.projection.api.project (dispatching to zf.projection.graph) against captum's per-unit loop, in one process."""
+    from zf.net.receptive import graph_receptive_fields
 
     path = resolve_layer(model, layer).path
     rf = graph_receptive_fields(model, tuple(images.shape[2:]), [path])[path]  # measured once per model, cached
-    from zf.graph_project import _crops
+    from zf.projection.graph import _crops
 
     (ay, _), (ax, _) = _crops(rf, rows, *images.shape[2:])
     crops = len(torch.unique(torch.stack([rows[:, 0], ay, ax], 1), dim=0))
@@ -146,7 +146,7 @@ def bench_graph(model, images, rows, layer, args, n, c, ys, xs) -> None:
     t_ref = _captum_loop(model, resolve_layer(model, layer).module, images, args.method, n, c, ys, xs, ref)
     diff = (ours - ref).abs().max().item() / ref.abs().max().item()
     print(f"captum loop ({c} calls of {n} rows): {t_ref:.2f} s\n"
-          f"zf.deconv.project -> zf.graph: {t_ours:.2f} s   speed-up {t_ref / t_ours:.1f}x\n"
+          f"zf.projection.api.project -> zf.projection.graph: {t_ours:.2f} s   speed-up {t_ref / t_ours:.1f}x\n"
           f"max |diff| / max |ref| = {diff:.2e}")
 
 

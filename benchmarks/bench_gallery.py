@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_gallery import fabricate_run  # noqa: E402
 
-from zf.gallery import build_gallery, layer_page  # noqa: E402
+from zf.views.gallery import build_gallery, layer_page  # noqa: E402
 
 FIRST_SCREEN = """
     var done = arguments[arguments.length - 1];

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zf.data import ImageDataset, Normalize, collate_skip, default_data_root  # noqa: E402
-from zf.layers import resolve_layer  # noqa: E402
-from zf.mining import mine  # noqa: E402
-from zf.models import DEFAULT_CHECKPOINT, load_zfnet, zfnet  # noqa: E402
+from zf.mining.mine import mine  # noqa: E402
+from zf.net.layers import resolve_layer  # noqa: E402
+from zf.net.models import DEFAULT_CHECKPOINT, load_zfnet, zfnet  # noqa: E402
 
 
 def get_model(checkpoint: str | None):
@@ -57,7 +57,7 @@ def mining_pass(model, dataset, batch_size: int, workers: int) -> float:
 
 
 def whole_job(model, dataset, batch_size: int, workers: int) -> float:
-    from zf.render import render_layer
+    from zf.views.render import render_layer
 
     t = time.perf_counter()
     tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9, batch_size=batch_size, num_workers=workers,

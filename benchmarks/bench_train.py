@@ -1,4 +1,4 @@
-"""Training throughput: ``zf.train.fit`` against a bare PyTorch loop on the same model, data and optimiser.
+"""Training throughput: ``zf.training.train.fit`` against a bare PyTorch loop on the same model, data and optimiser.
 
     nice -n 10 .venv/bin/python benchmarks/bench_train.py [--images 256] [--epochs 2] [--rounds 3] [--device cpu]
 
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from zf.data import Normalize, TensorImages
-from zf.models import zfnet
+from zf.net.models import zfnet
 from zf.tracking import Tracker
-from zf.train import TrainConfig, clip_feature_scale_, fit, make_optimizer, save_atomic
+from zf.training.train import TrainConfig, clip_feature_scale_, fit, make_optimizer, save_atomic
 
 
 def sync(device):
@@ -115,7 +115,9 @@ def main():
         if device.type == "cuda":  # fit moves the model itself; keep the data on the host for both
             torch.backends.cudnn.benchmark = True
         bare(images, labels, cfg, device, 1)  # warm-up (allocator, kernels)
-        import tqdm.auto, zf.plotting  # noqa: F401,E401  fit's first-call imports are not per-epoch costs
+        import tqdm.auto  # noqa: F401,E401  fit's first-call imports are not per-epoch costs
+
+        import zf.views.plotting  # noqa: F401
         rates = {"bare": [], "fit": []}
         inits, active = [], False
         for r in range(args.rounds):

@@ -2,11 +2,11 @@
 
     python scripts/gallery.py outputs/2024-05-01/12-00-00 [--layers conv1 conv5]
 
-Open the printed index.html in a browser (file:// works; no server needed).  See zf.gallery.
+Open the printed index.html in a browser (file:// works; no server needed).  See zf.views.gallery.
 """
 import argparse
 
-from zf.gallery import build_gallery
+from zf.views.gallery import build_gallery
 
 
 def main() -> None:

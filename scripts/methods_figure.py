@@ -4,8 +4,8 @@ Writes ``<run>/figures/methods_overview.png`` unless ``--out`` says otherwise.""
 import argparse
 from pathlib import Path
 
-from zf.render import methods_figure
-from zf.results import save_figure
+from zf.views.render import methods_figure
+from zf.views.results import save_figure
 
 
 def main() -> None:

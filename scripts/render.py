@@ -2,7 +2,7 @@
 [--display minmax] [--dpi 150]``.  Rewrites the projection PNGs, per-unit images, overview figures and gallery."""
 import argparse
 
-from zf.render import render_run
+from zf.views.render import render_run
 
 
 def main() -> None:

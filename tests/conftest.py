@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import zf.edge  # noqa: F401  (registers the structured configs the YAML files use)
-
+import zf.edge.runtime  # noqa: F401  (registers the structured configs the YAML files use)
 from zf.data import DEFAULT_DATA_ROOT, default_data_root
 
 #: Where the shared model files live unless ``ZF_MODELS`` says otherwise (``shared/models`` beside ``shared/data``).

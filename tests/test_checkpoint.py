@@ -2,8 +2,8 @@
 states on a fixed slice of the Imagenette val split (so a broken checkpoint cannot land silently).
 
 The accuracy is measured here by a plain loop written in this file (decode, resize, centre crop, normalise, argmax),
-not by ``zf.train.evaluate`` or ``zf.data``, and compared with the number the model card states, not with a number
-written from the same checkpoint."""
+not by ``zf.training.train.evaluate`` or ``zf.data``, and compared with the number the model card states, not with a
+number written from the same checkpoint."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zf.models import DEFAULT_CHECKPOINT, load_zfnet
+from zf.net.models import DEFAULT_CHECKPOINT, load_zfnet
 
 CARD = DEFAULT_CHECKPOINT.with_suffix(".json")
 EVOLUTION = DEFAULT_CHECKPOINT.parent / "evolution"

@@ -1,5 +1,5 @@
-"""zf.deconv: a hand-computed tiny network, agreement with captum / autograd, crop == full image, receptive-field
-containment, and the errors."""
+"""zf.projection.stack: a hand-computed tiny network, agreement with captum / autograd, crop == full image,
+receptive-field containment, and the errors."""
 import warnings
 from collections import OrderedDict
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from zf.deconv import NotInvertibleError, activations, check_invertible, project, project_windows
-from zf.layers import resolve_layer
-from zf.models import alexnet, vgg16, zfnet
-from zf.receptive import receptive_fields, unit_box
+from zf.net.layers import resolve_layer
+from zf.net.models import alexnet, vgg16, zfnet
+from zf.net.receptive import receptive_fields, unit_box
+from zf.projection.api import NotInvertibleError, activations, check_invertible, project, project_windows
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -227,8 +227,8 @@ def test_fc_targets_use_the_full_image():
 
 
 class DilatedStack(nn.Module):
-    """A ``features`` stack that zf.deconv's own reverse pass does not cover: a dilated conv, a 3x5 kernel and an
-    average pool."""
+    """A ``features`` stack that zf.projection.stack's own reverse pass does not cover: a dilated conv, a 3x5 kernel and
+    an average pool."""
 
     def __init__(self):
         super().__init__()
@@ -245,7 +245,7 @@ class DilatedStack(nn.Module):
 def test_stack_with_dilation_rectangles_and_avg_pool_goes_through_the_graph_engine():
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
-    from zf.deconv import fast_path
+    from zf.projection.api import fast_path
 
     torch.manual_seed(0)
     model = DilatedStack().eval()

@@ -10,7 +10,7 @@ import torch
 from zf.experiments import correspondence as C
 from zf.experiments import invariance as I
 from zf.experiments import occlusion as O
-from zf.models import zfnet
+from zf.net.models import zfnet
 
 ROOT = Path(__file__).resolve().parents[1]
 # the paper's Table 1 (Sec. 4.3), layer 5 and layer 7 means, copied here rather than read from the module
@@ -152,7 +152,7 @@ def test_occlusion_on_model_shapes_and_probabilities():
     assert res["probs"].shape == (3, 3, 10)
     np.testing.assert_allclose(res["probs"].sum(-1), 1, atol=1e-5)
     # every grid cell equals a direct evaluation of the image occluded there (0 = the data mean), written here
-    from zf.deconv import activations
+    from zf.projection.api import activations
 
     for i, y in enumerate([0, 56, 112]):
         for j, xx in enumerate([0, 56, 112]):
@@ -219,13 +219,13 @@ def test_invariance_identity_gives_zero_distance():
 def run_experiment(name, tmp_path, overrides, data):
     from hydra import compose, initialize_config_dir
 
-    from zf.tasks import dispatch
+    from zf.edge.tasks import dispatch
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("run", overrides=[f"experiment={name}", "model.checkpoint=null", "logger=none",
                                         f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
                                         f"data.root={data}", "progress=false", "dpi=40"] + overrides)
-    assert cfg.task._target_ == f"zf.tasks.{name}"
+    assert cfg.task._target_ == f"zf.edge.tasks.{name}"
     return dispatch(cfg)
 
 
@@ -326,7 +326,7 @@ def test_image_experiments_run_on_a_resnet(tmp_path, imagenette, name, overrides
     its results, and its numbers are finite where they must be."""
     from hydra import compose, initialize_config_dir
 
-    from zf.tasks import dispatch
+    from zf.edge.tasks import dispatch
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("run", overrides=[f"experiment={name}", "logger=none", f"paths.output_dir={tmp_path}",

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from zf.models import count_parameters, zfnet
-from zf.train import feature_state
+from zf.net.models import count_parameters, zfnet
+from zf.training.train import feature_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_EXPERIMENTS = ["evolution", "filters", "probe", "methods", "ablation_table"]
@@ -70,16 +70,16 @@ def tiny_checkpoint(path, seed=0, history=None, **arch):
 @pytest.mark.parametrize("name", RUN_EXPERIMENTS)
 def test_run_experiment_configs_compose(name, tmp_path):
     cfg = resolved(compose("run", [f"experiment={name}"], tmp_path))
-    assert cfg["task"]["_target_"] in (f"zf.tasks.{name}", "zf.tasks.experiment") and cfg["task_name"] == name
+    assert cfg["task"]["_target_"] in (f"zf.edge.tasks.{name}", "zf.edge.tasks.experiment") and cfg["task_name"] == name
     assert cfg["paths"]["output_dir"] == str(tmp_path)
-    import zf.tasks
+    import zf.edge.tasks
 
-    assert callable(getattr(zf.tasks, cfg["task"]["_target_"].rsplit(".", 1)[1]))
+    assert callable(getattr(zf.edge.tasks, cfg["task"]["_target_"].rsplit(".", 1)[1]))
 
 
 @pytest.mark.parametrize("name", TRAIN_EXPERIMENTS)
 def test_train_experiment_configs_compose_and_never_export(name, tmp_path):
-    from zf.train import TrainConfig
+    from zf.training.train import TrainConfig
 
     cfg = compose("train", [f"experiment={name}"], tmp_path, hydra_cfg=True)
     r = resolved(compose("train", [f"experiment={name}"], tmp_path))
@@ -217,8 +217,8 @@ def test_ablation_sweep_end_to_end_through_submitit_local(tmp_path):
 
 
 def test_evolution_runs_tiny_on_fabricated_snapshots(tmp_path):
+    from zf.edge.tasks import evolution as evolution_task
     from zf.experiments.evolution import find_snapshots, load_snapshot
-    from zf.tasks import evolution as evolution_task
 
     data = write_tree(tmp_path / "data")
     snaps = tmp_path / "snaps"
@@ -248,7 +248,7 @@ def test_evolution_runs_tiny_on_fabricated_snapshots(tmp_path):
     assert len(lines) == 1 + 3 * 2 * 2
     # the top-1 image of each unit is really its strongest over the subset (epoch 3 = the loaded snapshot m)
     from zf.data import ImageDataset, Normalize
-    from zf.mining import mine_brute_force
+    from zf.mining.mine import mine_brute_force
 
     ds = ImageDataset(data / "train", size=80, limit=8, subset_seed=0)
     imgs = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -283,8 +283,8 @@ def test_filter_stats_on_hand_made_filters():
 
 
 def test_filters_runs_tiny_and_names_the_missing_run(tmp_path):
+    from zf.edge.tasks import filters as filters_task
     from zf.errors import CheckpointError
-    from zf.tasks import filters as filters_task
 
     data = write_tree(tmp_path / "data")
     ck = {k: tiny_checkpoint(tmp_path / f"{k}.pt", seed=i, **({"conv1": [11, 4, 2]} if k == "alexnet" else {}))
@@ -333,8 +333,8 @@ def test_softmax_probe_separates_separable_and_not_random_labels():
 
 
 def test_probe_runs_tiny(tmp_path):
+    from zf.edge.tasks import probe as probe_task
     from zf.experiments.probe import probe_layers
-    from zf.tasks import probe as probe_task
 
     data = write_tree(tmp_path / "data")
     ck = tiny_checkpoint(tmp_path / "m.pt")
@@ -356,7 +356,7 @@ def test_probe_runs_tiny(tmp_path):
 
 
 def test_methods_runs_tiny(tmp_path):
-    from zf.tasks import methods as methods_task
+    from zf.edge.tasks import methods as methods_task
 
     data = write_tree(tmp_path / "data")
     ck = tiny_checkpoint(tmp_path / "m.pt")
@@ -441,18 +441,18 @@ def test_ablation_table_through_scripts_run(tmp_path):
 
 
 def test_generic_experiment_task_builds_what_the_yaml_asks_for(tmp_path):
-    """``zf.tasks.experiment`` runs an experiment's ``run`` from the config alone: the probe here, with the model,
+    """``zf.edge.tasks.experiment`` runs an experiment's ``run`` from the config alone: the probe here, with the model,
     both splits, the normalisation and the device built from the config, and its arguments passed through."""
     from omegaconf import OmegaConf
 
+    from zf.edge.tasks import experiment
     from zf.errors import ConfigError
-    from zf.tasks import experiment
 
     data = write_tree(tmp_path / "data")
     cfg = compose("run", ["model.checkpoint=null", "model.arch.width=0.0625", f"data.root={data}", *TINY_RUN],
                   tmp_path / "out")
     cfg.task = OmegaConf.create({
-        "_target_": "zf.tasks.experiment", "run": "zf.experiments.probe.run",
+        "_target_": "zf.edge.tasks.experiment", "run": "zf.experiments.probe.run",
         "inputs": {"model": "model", "train_set": "dataset:train", "val_set": "dataset:val", "normalize": "normalize",
                    "device": "device"},
         "args": {"max_iter": 5, "dpi": 40}})

@@ -34,8 +34,8 @@ MINE = textwrap.dedent('''
     from pathlib import Path
     import numpy as np, torch
     from zf.data import ImageDataset
-    from zf.mining import mine
-    from zf.models import zfnet
+    from zf.mining.mine import mine
+    from zf.net.models import zfnet
 
     root, out, state, block = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     torch.set_num_threads(1)
@@ -93,8 +93,8 @@ TRAIN = textwrap.dedent('''
     import sys
     import torch
     from zf import data as zdata
-    from zf.models import zfnet
-    from zf.train import TrainConfig, fit
+    from zf.net.models import zfnet
+    from zf.training.train import TrainConfig, fit
 
     out = sys.argv[1]
     torch.manual_seed(0)
@@ -142,8 +142,8 @@ def test_kill_during_training_then_resume_equals_a_clean_run(tmp_path):
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_a_file_deleted_after_listing_is_skipped_and_listed(tmp_path, num_workers):
-    from zf.mining import mine
-    from zf.models import zfnet
+    from zf.mining.mine import mine
+    from zf.net.models import zfnet
 
     data = write_tree(tmp_path / "data", per_class=2, val_per_class=0, size=(64, 64))
     ds = zdata.ImageDataset(data / "train", size=64)
@@ -171,8 +171,8 @@ def _truncated(tmp_path, keep: float) -> Path:
     return p
 
 
-@pytest.mark.parametrize("loader, keep", [("zf.train.load_checkpoint", k) for k in (0.0, 0.01, 0.5, 0.99)]
-                         + [("zf.models.load_state_dict", k) for k in (0.0, 0.5)])
+@pytest.mark.parametrize("loader, keep", [("zf.training.train.load_checkpoint", k) for k in (0.0, 0.01, 0.5, 0.99)]
+                         + [("zf.net.models.load_state_dict", k) for k in (0.0, 0.5)])
 def test_truncated_checkpoint_gives_checkpoint_error(tmp_path, loader, keep):
     """A training checkpoint or a weights file cut short: one line naming the file, never weights_only=False."""
     from hydra.utils import get_method

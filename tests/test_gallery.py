@@ -1,5 +1,5 @@
-"""zf.gallery: the static unit gallery, built from a fabricated run directory (zf.results layout, no model, no mining)
-and driven in headless Chromium.
+"""zf.views.gallery: the static unit gallery, built from a fabricated run directory (zf.views.results layout, no model,
+no mining) and driven in headless Chromium.
 
 Browser tests (marker ``browser``) need Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium
 chromium-driver``); they skip without them.  Screenshots land in ``outputs/test-artifacts/``.
@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zf.gallery import build_gallery, data_script, layer_page, unit_page
-from zf.results import TopK, layer_dir, patch_path, projection_path, source_path, unit_figure_path
+from zf.mining.table import TopK
+from zf.views.gallery import build_gallery, data_script, layer_page, unit_page
+from zf.views.results import layer_dir, patch_path, projection_path, source_path, unit_figure_path
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
@@ -50,7 +51,7 @@ def _png_bytes(size: int, rng: np.random.Generator) -> bytes:
 def fabricate_run(run: Path, layers: dict = LAYERS, methods=METHODS, k: int = 9, n_images: int = 12,
                   seed: int = 0, short=SHORT, missing=MISSING, dead: dict | None = None,
                   skipped: list | None = None) -> Path:
-    """A run directory laid out exactly as zf.results documents it, with random images and a consistent TopK."""
+    """A run directory laid out exactly as zf.views.results documents it, with random images and a consistent TopK."""
     rng = np.random.default_rng(seed)
     dead = DEAD if dead is None else dead
     (run / "sources").mkdir(parents=True)

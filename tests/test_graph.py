@@ -1,5 +1,5 @@
-"""zf.graph on networks that are not features stacks: captum agreement (ResNet-18, DenseNet-121, the real VGG-16
-trunk), functional rectifiers and other activations against an fx-rewritten reference, receptive fields against a
+"""zf.projection.graph on networks that are not features stacks: captum agreement (ResNet-18, DenseNet-121, the real
+VGG-16 trunk), functional rectifiers and other activations against an fx-rewritten reference, receptive fields against a
 brute-force perturbation measurement, containment, capture and layer errors."""
 from pathlib import Path
 
@@ -10,12 +10,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from zf.deconv import activations, project, project_windows
 from zf.errors import ConfigError, LayerError
-from zf.graph import capture, list_layers, project_graph
-from zf.graph_project import _crops
-from zf.layers import resolve_layer
-from zf.receptive import graph_receptive_fields, receptive_fields, unit_box
+from zf.net.layers import resolve_layer
+from zf.net.listing import list_layers
+from zf.net.modules import capture
+from zf.net.receptive import graph_receptive_fields, receptive_fields, unit_box
+from zf.projection.api import activations, project, project_windows
+from zf.projection.graph import _crops, project_graph
+
 
 def _no_inplace(model):
     for m in model.modules():
@@ -374,7 +376,7 @@ def test_layer_names_and_errors():
         project_graph(model, torch.zeros(1, 3, 32, 32), [[0, 64, 0, 0]], "layer1", crop=False)
     dense = torchvision.models.densenet121()
     assert resolve_layer(dense, "denseblock3").path == "features.denseblock3"
-    from zf.models import zfnet
+    from zf.net.models import zfnet
 
     assert resolve_layer(zfnet(), 4).name == "relu4"  # the sequential names are unchanged
     with pytest.raises(LayerError, match="conv4"):

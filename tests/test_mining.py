@@ -1,4 +1,4 @@
-"""zf.mining: the streamed top-k equals a reference computed here from forward hooks, ties break deterministically,
+"""zf.mining.mine: the streamed top-k equals a reference computed here from forward hooks, ties break deterministically,
 conv taps read the conv output even before an in-place ReLU, unreadable files reach the caller's ``skipped`` whatever
 the worker count, bad arguments fail before the pass, an interrupted pass resumes to the same table without redoing
 saved batches, and two gloo processes merge into the single-process table."""
@@ -16,9 +16,9 @@ from torch import nn
 
 from zf.data import ImageDataset, Normalize, TensorImages, default_data_root
 from zf.errors import ConfigError, LayerError
-from zf.layers import resolve_layer
-from zf.mining import Running, merge, mine
-from zf.models import zfnet
+from zf.mining.mine import Running, merge, mine
+from zf.net.layers import resolve_layer
+from zf.net.models import zfnet
 
 VAL = default_data_root() / "val"
 LAYERS = ["relu1", "relu2", "relu3", "relu4", "relu5", "pool5"]

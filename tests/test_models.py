@@ -9,9 +9,8 @@ import torch
 import torchvision
 
 from zf.errors import CheckpointError, ConfigError
-from zf.layers import resolve_layer
-from zf.models import (alexnet, build_model, load_state_dict, load_weights, load_zfnet, require_loaded, vgg16,
-                       zfnet)
+from zf.net.layers import resolve_layer
+from zf.net.models import alexnet, build_model, load_state_dict, load_weights, load_zfnet, require_loaded, vgg16, zfnet
 
 FACTORIES = {
     "zfnet-0.25": (lambda: zfnet(num_classes=10, width=0.25), 224),

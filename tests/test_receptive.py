@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from zf.models import alexnet, vgg16, zfnet
-from zf.receptive import RF, receptive_fields, unit_box
+from zf.net.models import alexnet, vgg16, zfnet
+from zf.net.receptive import RF, receptive_fields, unit_box
 
 ZF = {"conv1": (7, 2), "pool1": (11, 4), "conv2": (27, 8), "pool2": (43, 16), "conv3": (75, 16), "conv4": (107, 16),
       "conv5": (139, 16), "pool5": (171, 32)}
@@ -52,7 +52,7 @@ def test_graph_models_by_module_path_and_rectangular_boxes():
     import torchvision
     from torch import nn
 
-    from zf.receptive import graph_receptive_fields
+    from zf.net.receptive import graph_receptive_fields
 
     assert receptive_fields(zfnet(width=0.25))["conv1"].size_hw == (7, 7)  # square RFs fill the pairs
     rfs = graph_receptive_fields(torchvision.models.resnet18(), 64, ["layer1", "layer2.1"])

@@ -1,12 +1,13 @@
 """Run storage and rendering helpers: projections at real-network scale survive storage, the CSV writer, dead units
-and the unit choice of ``zf.results.TopK``."""
+and the unit choice of ``zf.mining.table.TopK``."""
 import csv
 
 import numpy as np
 import pytest
 
-from zf.render import load_projections, save_projections
-from zf.results import TopK, write_csv
+from zf.mining.table import TopK
+from zf.views.render import load_projections, save_projections
+from zf.views.results import write_csv
 
 
 def test_projections_at_real_network_scale_are_stored_finite_and_exact_to_float16(tmp_path):

@@ -208,7 +208,7 @@ def test_bad_input_fails_with_one_clear_line_before_any_data_pass(tmp_path, over
     if override.startswith("hydra.run.dir"):
         args = [a for a in args if not a.startswith("hydra.run.dir=") or a == override]
     if override.endswith(("BAD", "CORRUPT")):
-        from zf.models import zfnet
+        from zf.net.models import zfnet
 
         bad = tmp_path / "other.pt"
         if override.endswith("BAD"):
@@ -242,7 +242,7 @@ def test_every_experiment_config_composes(path):
     if "task" in cfg:
         from hydra.utils import get_method
 
-        assert callable(get_method(cfg.task._target_)) and cfg.task._target_.startswith("zf.tasks.")
+        assert callable(get_method(cfg.task._target_)) and cfg.task._target_.startswith("zf.edge.tasks.")
 
 
 @pytest.mark.parametrize("model", ["zfnet", "alexnet", "vgg16"])

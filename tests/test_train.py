@@ -1,5 +1,5 @@
-"""zf.train and the training task: feature scale clipping, resume after kill -9, distributed equivalence, unreadable
-files, config composition and a tiny end-to-end run with export.
+"""zf.training.train and the training task: feature scale clipping, resume after kill -9, distributed equivalence,
+unreadable files, config composition and a tiny end-to-end run with export.
 
 Everything runs on fabricated data (random-noise JPEGs in tmp_path) and a tiny zfnet (width 1/16, fc 64) at 56-64 px.
 """
@@ -19,8 +19,8 @@ from killing import wait_then_kill
 from torch import nn
 
 from zf import data as zdata
-from zf.models import load_zfnet, zfnet
-from zf.train import TrainConfig, clip_feature_scale_, fit
+from zf.net.models import load_zfnet, zfnet
+from zf.training.train import TrainConfig, clip_feature_scale_, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.arch.width=0.0625", "model.arch.fc=[64,64]", "data.size=56", "data.resize=64", "train.batch_size=4",
@@ -279,7 +279,7 @@ def test_fit_lists_unreadable_and_vanished_files_whatever_the_workers(tmp_path, 
 
 @pytest.mark.parametrize("preload", [True, False])
 def test_training_skips_an_unreadable_file(tmp_path, preload):
-    from zf.tasks import train as train_task
+    from zf.edge.tasks import train as train_task
 
     data = write_tree(tmp_path / "data", per_class=4, val_per_class=1)
     bad = data / "train" / "c1" / "zz_corrupt.jpg"
@@ -323,7 +323,7 @@ def test_config_composes(experiment, tmp_path, monkeypatch):
 
 
 def test_tiny_run_writes_outputs_and_exports(tmp_path, monkeypatch):
-    from zf.tasks import train as train_task
+    from zf.edge.tasks import train as train_task
 
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     data = write_tree(tmp_path / "data", per_class=4, val_per_class=2)

@@ -1,4 +1,4 @@
-"""zf.visualize: the Fig. 2 overview draws every pixel (native size, or antialiased when saved at another dpi) and
+"""zf.views.visualize: the Fig. 2 overview draws every pixel (native size, or antialiased when saved at another dpi) and
 marks dead units; ``display`` shows projections of any scale and reports non-finite values instead of drawing them
 silently."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zf.visualize import DEAD_COLOUR, display, overview_figure, unit_image  # noqa: E402
+from zf.views.visualize import DEAD_COLOUR, display, overview_figure, unit_image  # noqa: E402
 
 PAD = 2  # unit_image's default padding around each sub-image
 
@@ -172,9 +172,9 @@ def test_views_of_a_field_larger_than_the_image_are_the_image():
     import torch
 
     from zf.data import Normalize
-    from zf.graph import project_graph
-    from zf.mining import mine
-    from zf.visualize import unit_views
+    from zf.mining.mine import mine
+    from zf.projection.graph import project_graph
+    from zf.views.visualize import unit_views
 
     torch.manual_seed(0)
     model, data = _BigField().eval(), _Images(6)

@@ -9,20 +9,20 @@ from pathlib import Path
 
 import torch
 
-from zf.models import load_zfnet
+from zf.net.models import load_zfnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import sys, torch
-import zf, zf.models
+import zf, zf.net.models
 assert not zf.__file__.startswith({root!r}), zf.__file__
-m = zf.models.load_zfnet()
+m = zf.net.models.load_zfnet()
 torch.manual_seed(0)
 x = torch.randn(2, 3, 224, 224)
 with torch.no_grad():
-    torch.save({{"out": m(x), "file": str(zf.models.DEFAULT_CHECKPOINT),
-                "snapshots": sorted(p.name for p in zf.models.EVOLUTION_SNAPSHOTS.glob("*.pt"))}}, sys.argv[1])
+    torch.save({{"out": m(x), "file": str(zf.net.models.DEFAULT_CHECKPOINT),
+                "snapshots": sorted(p.name for p in zf.net.models.EVOLUTION_SNAPSHOTS.glob("*.pt"))}}, sys.argv[1])
 """
 
 

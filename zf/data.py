@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
-from .errors import ConfigError, DataError
+from zf.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,7 +49,7 @@ class ImageList:
 def list_images(root: str | os.PathLike) -> ImageList:
     """Every image under ``root``: an ImageFolder tree if ``root`` has sub-folders with images, else a flat folder.
 
-    Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for one without images."""
+    Raises ``zf.errors.DataError`` for a missing folder and for one without images."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist (set data.root=... or ZF_DATA=...)")
@@ -103,7 +105,7 @@ class ImageDataset(Dataset):
     ``transform`` (optional) maps the uint8 tensor to another tensor (training augmentation).  Unreadable images
     give ``None`` (dropped by ``collate_skip``) and land in ``skipped``.  A worker process's ``skipped`` is its own
     copy: loaders that use workers iterate ``Tagged(dataset)`` and call ``record_skipped`` in the main process
-    (``zf.mining.mine`` and ``zf.train.fit`` do).
+    (``zf.mining.mine`` and ``zf.training.train.fit`` do).
     """
 
     def __init__(self, root: str | os.PathLike | ImageList, size: int = 224, resize: int | None = None,
@@ -218,8 +220,6 @@ class Normalize(torch.nn.Module):
 def preload(dataset: ImageDataset, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every image of ``dataset`` once: uint8 (N, 3, S, S) and labels (N,) in memory.  Unreadable images are
     left out (and listed in ``dataset.skipped``).  For small data sets (Imagenette: 1.4 GB for the train split)."""
-    from tqdm.auto import tqdm
-
     keep_transform, dataset.transform = dataset.transform, None
     xs, ys = [], []
     try:
@@ -300,10 +300,8 @@ class BatchAugment(torch.nn.Module):
         return torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
 
     def forward(self, x: torch.Tensor, rand: Callable | None = None) -> torch.Tensor:
-        """``rand``: as in ``boxes`` (``zf.train.fit`` passes numbers drawn per sample of the global batch, so the
-        augmentation of an image does not depend on the number of processes)."""
-        from torchvision.ops import roi_align
-
+        """``rand``: as in ``boxes`` (``zf.training.train.fit`` passes numbers drawn per sample of the global batch, so
+        the augmentation of an image does not depend on the number of processes)."""
         n, _, h, w = x.shape
         b = self.boxes(n, h, w, x.device, rand=rand)
         rois = torch.cat([torch.arange(n, device=x.device, dtype=b.dtype)[:, None], b], 1)

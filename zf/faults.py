@@ -3,8 +3,8 @@ point so that its ``kill -9`` lands there for certain, then checks that a rerun 
 
 With ``ZF_PAUSE_AT=<name>`` and ``ZF_PAUSE_FILE=<path>`` in the environment, ``pause_point(name)`` writes the
 process id to that file and waits until the file is removed (or the process is killed).  Without them it does
-nothing.  Points: ``train:<epoch>:<step>`` (``zf.train.fit``), ``render:<layer>`` (``zf.render``, after the first
-unit's PNGs of a layer), ``gallery`` (``zf.gallery.build_gallery``, after the first layer's pages).
+nothing.  Points: ``train:<epoch>:<step>`` (``zf.training.train.fit``), ``render:<layer>`` (``zf.views.render``, after
+the first unit's PNGs of a layer), ``gallery`` (``zf.views.gallery.build_gallery``, after the first layer's pages).
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 class Tracker:
     """A W&B run, or nothing (``enabled=False``, on non-zero distributed ranks, or after a W&B failure).
@@ -75,7 +77,6 @@ class Tracker:
     def table(self, key: str, columns: list[str], rows: list[list]) -> None:
         """A W&B Table; cells that are (H, W, 3) arrays or paths to images become images."""
         def go():
-            import numpy as np
             import wandb
 
             def cell(v):

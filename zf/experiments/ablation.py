@@ -24,6 +24,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from zf.net.models import count_parameters, zfnet
+from zf.views.results import save_figure, write_csv
+
 #: Table 3 of the paper: change -> (train top-1, val top-1, val top-5) error %.
 PAPER_TABLE3 = {
     "AlexNet replication": (35.1, 40.5, 18.1),
@@ -62,8 +69,6 @@ def _history(job: Path) -> tuple[list[dict], bool]:
         return json.loads(h.read_text()), True
     last = job / "checkpoints" / "last.pt"
     if last.is_file():
-        import torch
-
         return list(torch.load(last, map_location="cpu", weights_only=True).get("history", [])), False
     return [], False
 
@@ -72,14 +77,11 @@ def _config(job: Path) -> dict:
     c = job / ".hydra" / "config.yaml"
     if not c.is_file():
         return {}
-    from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(c), resolve=False)
 
 
 def _parameters(arch: dict, num_classes: int) -> int | None:
-    from ..models import count_parameters, zfnet
-
     keys = {"width", "channels", "fc", "conv1", "norm", "dropout", "remove", "init", "pool_size"}
     try:
         return count_parameters(zfnet(num_classes=num_classes, **{k: v for k, v in arch.items() if k in keys}))
@@ -176,7 +178,6 @@ def ablation_figure(rows: Sequence[dict]):
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = [r for r in rows if r["name"] != BASELINE]
     y = np.arange(len(rows))
@@ -197,8 +198,6 @@ def ablation_figure(rows: Sequence[dict]):
 def run(sweep_dir: str | os.PathLike, out, dpi: int = 110, tracker=None) -> float:
     """Table 3 from the ablation sweep under ``sweep_dir``: ``ablation_table.csv/.md/.json`` and
     ``figures/ablation.png`` under ``out``.  Returns the baseline's val top-1 error (NaN when it is missing)."""
-    from ..results import save_figure, write_csv
-
     out = Path(out)
     rows = collect(sweep_dir)
     write_csv(out / "ablation_table.csv", rows, COLUMNS)

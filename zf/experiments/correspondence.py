@@ -25,13 +25,17 @@ each draw one location shared by all images (as in the paper).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .features import forward_taps, tap_names
+from zf.errors import ConfigError
+from zf.experiments.features import forward_taps, tap_names
+from zf.views.results import save_figure, write_csv
 
 #: Table 1 of the paper: occluded part -> (layer 5 mean, std, layer 7 mean, std).
 PAPER_TABLE1 = {"right_eye": (0.067, 0.007, 0.069, 0.015), "left_eye": (0.069, 0.007, 0.068, 0.013),
@@ -182,12 +186,6 @@ def run(model: nn.Module, x: torch.Tensor, raw: torch.Tensor, paths: Sequence[st
     ({part: one (x, y) per image}); writes ``table1.csv/.md/.json`` and ``figures/correspondence.png`` under
     ``out``.  Returns the random control's Delta at the last layer minus the mean of the parts' (> 0: the parts
     correspond better than chance)."""
-    import json
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..results import save_figure, write_csv
-
     out = Path(out)
     parts = {p: np.asarray(xy, np.float64) for p, xy in parts.items()}
     for p, xy in parts.items():

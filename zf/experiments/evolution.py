@@ -3,18 +3,19 @@ training data at each saved epoch, projected to pixels by the deconvnet.  One ro
 
     python scripts/run.py experiment=evolution            # reads zf/weights/evolution/features_epochNNN.pt
 
-The snapshots are the small ``features_epochNNN.pt`` files ``zf.train.fit`` writes at ``snapshot_epochs`` (a dict
-``{"features": fp16 state dict of features.*, "arch": zfnet kwargs, "epoch": int}``); the classifier is not stored
+The snapshots are the small ``features_epochNNN.pt`` files ``zf.training.train.fit`` writes at ``snapshot_epochs`` (a
+dict ``{"features": fp16 state dict of features.*, "arch": zfnet kwargs, "epoch": int}``); the classifier is not stored
 and not needed (every layer shown is convolutional).  The paper mines "all training examples"; the task mines a
 seeded subset (``evolution.images``) to fit a CPU budget.
 
-    from zf.models import EVOLUTION_SNAPSHOTS
+    from zf.net.models import EVOLUTION_SNAPSHOTS
     snaps = [load_snapshot(p) for _, p in find_snapshots(EVOLUTION_SNAPSHOTS)]
     res = evolution(snaps, dataset, layers=[1, 2, 3, 4, 5], n_units=3)
     fig, ax = evolution_figure(res)
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -24,10 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Normalize
-from ..layers import resolve_layer
-from ..models import zfnet
-from ..results import TopK
+from zf.data import Normalize
+from zf.mining.mine import mine
+from zf.mining.table import TopK
+from zf.net.layers import resolve_layer
+from zf.net.models import zfnet
+from zf.views.results import save_figure, write_csv
+from zf.views.visualize import display, unit_views
 
 SNAPSHOT = re.compile(r"features_epoch(\d+)\.pt$")
 
@@ -66,8 +70,6 @@ def top1_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
     """The receptive-field patch and the projection of each unit's strongest activation (rank 0 of ``table``).
 
     Returns patches uint8 (U, s, s, 3) and projections float32 (U, 3, s, s), s = the layer's receptive field."""
-    from ..visualize import unit_views
-
     sub = table.select(units, ranks=1)
     patches, proj = unit_views(model, dataset, sub, layer, list(units), method=method, tap=tap, normalize=normalize,
                                device=device)
@@ -76,8 +78,6 @@ def top1_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
 
 def default_mine(model: nn.Module, dataset, layers: Sequence[str], normalize: Normalize | None,
                  device) -> dict[str, TopK]:
-    from ..mining import mine
-
     return mine(model, dataset, layers=layers, k=1, normalize=normalize, device=device, progress=False)
 
 
@@ -131,13 +131,12 @@ def evolution(snapshots: Sequence[tuple[int, nn.Module]], dataset, layers: Seque
 
 def evolution_figure(res: dict, mode: str = "symmetric", cell: float = 0.9, title: str | None = None):
     """Fig. 4 from ``evolution``'s result: rows = units grouped by layer (labelled at the left), columns = epochs.
-    Each projection is stretched on its own (``zf.visualize.display``).  Returns (fig, axes (rows, E))."""
+    Each projection is stretched on its own (``zf.views.visualize.display``).  Returns (fig, axes (rows, E))."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..visualize import display
 
     rows = [(n, i, u) for n in res["layers"] for i, u in enumerate(res["units"][n])]
     ne = len(res["epochs"])
@@ -181,10 +180,6 @@ def run(snapshots: Sequence[tuple[int, nn.Module]], snapshot_paths: Sequence[str
         tracker=None) -> float:
     """Fig. 4: ``evolution`` over ``snapshots``, written as ``evolution.npz/.csv``, ``summary.json`` and
     ``figures/evolution.png`` under ``out``.  Returns the mean top-1 activation at the last snapshot."""
-    import json
-
-    from ..results import save_figure, write_csv
-
     out = Path(out)
     res = evolution(snapshots, dataset, layers=layers, n_units=n_units, units=units, seed=seed, method=method,
                     normalize=normalize, device=device, mine_fn=mine_fn)

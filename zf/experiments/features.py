@@ -5,16 +5,20 @@ correspondence experiments).
 """
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..layers import resolve_layer
+from zf.data import read_image, resize_crop
+from zf.errors import DataError
+from zf.net.layers import resolve_layer
 
 
 def tap_names(model: nn.Module, specs: Sequence[tuple]) -> list[str]:
-    """The ``zf.layers`` names of ``specs`` = [(layer, tap), ...] (e.g. (1, "output") -> "norm1" in zfnet)."""
+    """The ``zf.net.layers`` names of ``specs`` = [(layer, tap), ...] (e.g. (1, "output") -> "norm1" in zfnet)."""
     return [resolve_layer(model, layer, tap).name for layer, tap in specs]
 
 
@@ -24,7 +28,7 @@ def forward_taps(model: nn.Module, x: torch.Tensor, specs: Sequence[tuple], flat
     """Run ``model`` on normalised images ``x`` (N, 3, H, W) and read the activations of ``specs``.
 
     Args:
-        specs: [(layer, tap), ...] as ``zf.layers.resolve_layer`` takes them.
+        specs: [(layer, tap), ...] as ``zf.net.layers.resolve_layer`` takes them.
         flatten: return (N, D) per layer; else the layer's own shape (N, C, h, w) or (N, D).
         batch_size: images per forward pass (default: all at once).
     Returns:
@@ -53,12 +57,6 @@ def load_images(root, rel_paths: Sequence[str], size: int, classes: Sequence[str
     """uint8 (N, 3, size, size) of ``root / rel`` for each relative path, and each image's class index (its folder
     in ``classes``; -1, with a warning naming the image, when the folder is not a class: experiments then report
     p(true class) as NaN rather than reading another class)."""
-    import warnings
-    from pathlib import Path
-
-    from ..data import read_image, resize_crop
-    from ..errors import DataError
-
     imgs, labels = [], []
     for rel in rel_paths:
         p = Path(root) / str(rel)

@@ -13,13 +13,21 @@ mid and high frequency bands (``mid`` should be low for the AlexNet-style layer)
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..plotting import filter_grid, image_grid
+from zf.errors import CheckpointError, ConfigError
+from zf.experiments.evolution import default_mine, top1_views
+from zf.net.layers import resolve_layer
+from zf.net.models import DEFAULT_CHECKPOINT, load_zfnet
+from zf.views.plotting import filter_grid, image_grid
+from zf.views.results import save_figure, write_csv
+from zf.views.visualize import display
 
 #: frequency bands: radial frequency in cycles per input pixel (Nyquist 0.5 along an axis, 0.71 on the diagonal)
 BANDS = {"low": (0.0, 0.125), "mid": (0.125, 0.25), "high": (0.25, float("inf"))}
@@ -63,7 +71,7 @@ def filter_stats(weight: torch.Tensor, dead: float = 0.25, pad: int = 32) -> dic
 
 def filters_figure(weights: dict[str, torch.Tensor], title: str | None = None, scale: int = 4):
     """Layer-1 filter grids side by side, one panel per entry of ``weights`` ({panel title: (C_out, 3, k, k)});
-    each filter contrast-stretched on its own (``zf.plotting.filter_grid``).  Returns (fig, axes)."""
+    each filter contrast-stretched on its own (``zf.views.plotting.filter_grid``).  Returns (fig, axes)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -92,7 +100,6 @@ def comparison_figure(panels: dict[str, tuple[torch.Tensor, np.ndarray]], mode: 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..visualize import display
 
     fig, axes = plt.subplots(len(panels), 2, figsize=(8.0, 3.8 * len(panels)), squeeze=False)
     for row, (name, (w, proj)) in enumerate(panels.items()):
@@ -115,9 +122,6 @@ def layer2_views(model: nn.Module, dataset, n_units: int = 16, seed: int = 0, no
                  units: Sequence[int] | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
     """The strongest activation over ``dataset`` of ``n_units`` layer-2 units (alive ones, seeded choice) and its
     projection.  Returns (units, patches uint8 (U, s, s, 3), projections float (U, 3, s, s))."""
-    from ..layers import resolve_layer
-    from .evolution import default_mine, top1_views
-
     name = resolve_layer(model, 2, "relu").name
     tables = (mine_fn or (lambda m, d, ls: default_mine(m, d, ls, normalize, device)))(model, dataset, [name])
     units = list(units) if units is not None else tables[name].choose_units(n_units, seed)
@@ -138,11 +142,6 @@ FIG6_NAMES = {"default": "shipped model (clipping)", "zf_small": "ZF 7x7/2, clip
 def load_fig6(key: str, path) -> tuple[nn.Module, dict]:
     """(model, info) for the Fig. 6 panel ``key`` (``FIG6_COMMANDS``) from a training checkpoint (``"default"``: the
     shipped one); a missing file raises a ``zf.errors.CheckpointError`` naming the command that writes it."""
-    from pathlib import Path
-
-    from ..errors import CheckpointError
-    from ..models import DEFAULT_CHECKPOINT, load_zfnet
-
     file = DEFAULT_CHECKPOINT if str(path) == "default" else Path(str(path))
     if not file.is_file():
         raise CheckpointError(f"filters.{key}: checkpoint {file} does not exist. Make it with `{FIG6_COMMANDS[key]}` "
@@ -163,12 +162,6 @@ def run(checkpoints: dict, out, *, dataset=None, layer2_units: int = 16, seed: i
     skipped): ``filters.csv``, ``summary.json`` and the figures under ``out``; the AlexNet-vs-ZF panel also
     projects layer-2 units over ``dataset``.  Returns the no-clipping model's top filter energy share (NaN without
     it)."""
-    import json
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..results import save_figure, write_csv
-
     out = Path(out)
     models, infos = {}, {}
     for key in FIG6_COMMANDS:

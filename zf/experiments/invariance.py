@@ -14,14 +14,19 @@ the centre, bilinear.  The identity amounts (0 px, scale 1, 0 / 360 degrees) ret
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 
-from .features import forward_taps, p_of, tap_names
+from zf.experiments.classes import readable
+from zf.experiments.features import forward_taps, p_of, tap_names
+from zf.views.results import save_figure, write_csv
 
 KINDS = ("translate", "scale", "rotate")
 
@@ -64,7 +69,6 @@ def rotate(image: torch.Tensor, degrees: float, fill: float = 0.0) -> torch.Tens
     ``fill``."""
     if float(degrees) % 360 == 0:
         return image.clone()
-    import torchvision.transforms.functional as TF
 
     return TF.rotate(image, float(degrees), interpolation=TF.InterpolationMode.BILINEAR, fill=[fill] * image.shape[0])
 
@@ -154,12 +158,6 @@ def run(model: nn.Module, x: torch.Tensor, labels: Sequence[int], paths: Sequenc
     ``KINDS``; missing or None ones are skipped), distances at ``layers`` and p(true class); writes
     ``invariance.npz/.csv/.json`` and ``figures/invariance.png`` under ``out``.  Returns the mean p(true) over all
     transforms (NaN when no image has a known class)."""
-    import json
-    from pathlib import Path
-
-    from ..results import save_figure, write_csv
-    from .classes import readable
-
     out = Path(out)
     results = {}
     for kind in KINDS:

@@ -1,23 +1,27 @@
 """Deconvnet, guided backpropagation and the gradient side by side on the same top-9 rows.
 
-The three methods differ only in the ReLU rule of the backward pass (``zf.deconv``): the paper's deconvnet rectifies
-the signal, the gradient masks it with the forward ReLU, guided backpropagation (Springenberg et al. 2015) does both.
-The same mined activations (``zf.cache.mine_cached``) are projected with each, so differences come from the method
-alone.
+The three methods differ only in the ReLU rule of the backward pass (``zf.projection.stack``): the paper's deconvnet
+rectifies the signal, the gradient masks it with the forward ReLU, guided backpropagation (Springenberg et al. 2015)
+does both. The same mined activations (``zf.mining.cache.mine_cached``) are projected with each, so differences come
+from the method alone.
 
     python scripts/run.py experiment=methods layer=4
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..deconv import METHODS
-from ..plotting import image_grid
-from ..results import TopK
+from zf.mining.table import TopK
+from zf.projection.rules import METHODS
+from zf.views.plotting import image_grid
+from zf.views.results import save_figure
+from zf.views.visualize import display, unit_views
 
 
 def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
@@ -25,8 +29,6 @@ def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequ
                  tap: str = "relu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Patches uint8 (U, k, s, s, 3) and {method: projections float32 (U, k, 3, s, s)} of ``units`` of ``layer``
     (rows of ``table``)."""
-    from ..visualize import unit_views
-
     patches, out = None, {}
     for m in methods:
         p, proj = unit_views(model, dataset, table, layer, list(units), method=m, tap=tap, normalize=normalize,
@@ -46,7 +48,6 @@ def methods_figure(patches: np.ndarray, projections: dict[str, np.ndarray], unit
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..visualize import display
 
     names = list(projections)
     k = patches.shape[1]
@@ -90,11 +91,6 @@ def run(model: nn.Module, dataset, table: TopK, layer: str, out, *, units: Seque
     """The same top-k rows of ``layer`` (``table``) projected with each method: ``methods.npz``, ``summary.json``
     (pairwise cosine agreement) and ``figures/methods_<layer>.png`` under ``out``.  Returns the deconvnet~guided
     agreement (NaN when either is missing)."""
-    import json
-    from pathlib import Path
-
-    from ..results import save_figure
-
     out = Path(out)
     units = [int(u) for u in units] if units else table.choose_units(n_units, seed)
     sub = table.select(units)

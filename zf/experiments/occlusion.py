@@ -16,14 +16,23 @@ square's centres.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..layers import resolve_layer
-from .features import forward_taps
+from zf.errors import ConfigError
+from zf.experiments.classes import readable
+from zf.experiments.features import forward_taps, grey_fill
+from zf.net.layers import resolve_layer
+from zf.projection.api import project_windows
+from zf.views.plotting import image_grid
+from zf.views.results import save_figure
+from zf.views.visualize import display, unit_views
 
 
 def grid_positions(height: int, width: int, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +63,6 @@ def occlusion_sweep(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
 
     ``fn`` maps (B, C, H, W) to (B, ...).  Returns (out (ny, nx, ...), ys, xs) with ``out[i, j]`` = ``fn`` of the
     image occluded at corner (ys[i], xs[j])."""
-    from tqdm.auto import tqdm
-
     ys, xs = grid_positions(image.shape[1], image.shape[2], size, stride)
     corners = torch.tensor([(y, x) for y in ys for x in xs], dtype=torch.long)
     outs = []
@@ -186,17 +193,6 @@ def run(model: nn.Module, raw: torch.Tensor, labels: Sequence[int], paths: Seque
     mined top-k; writes ``activation/p_true/top_label/probs/projections.npy``, ``occlusion.json`` and
     ``figures/occlusion.png`` under ``out``.  Returns the mean drop of p(true class) from the unoccluded image to
     the worst occluder position."""
-    import json
-    from pathlib import Path
-
-    from ..deconv import project_windows
-    from ..errors import ConfigError
-    from ..plotting import image_grid
-    from ..results import save_figure
-    from ..visualize import display, unit_views
-    from .classes import readable
-    from .features import grey_fill
-
     if any(l < 0 for l in labels):
         raise ConfigError("occlusion: every image must lie in a folder named after one of the model's classes "
                           f"({', '.join(classes[:5])}, ...): p(true class) is the figure's panel (d)")

@@ -12,16 +12,22 @@ Different data and a ten-class task: compare the trend with Table 7, not the num
 """
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from ..data import Normalize, collate_skip
-from ..layers import layer_names, resolve_layer
+from zf.data import Normalize, collate_skip
+from zf.net.layers import is_stack, layer_names, resolve_layer
+from zf.net.modules import minable_layers
+from zf.views.results import save_figure, write_csv
 
 #: Table 7 of the paper: layer -> (Caltech-101 30/class, Caltech-256 60/class) accuracy %, SVM on that layer.
 PAPER_TABLE7 = {1: (44.8, 24.6), 2: (66.2, 39.6), 3: (72.3, 46.0), 4: (76.6, 51.3), 5: (86.2, 65.6),
@@ -37,9 +43,6 @@ def probe_layers(model: nn.Module, input_size: int = 224) -> "OrderedDict[str, s
     Any other network (no ``features`` stack: ResNet, DenseNet, ...): the top-level modules with a feature-map
     output, in forward order (``conv1 ... layer4`` of a ResNet), or the children of its one such module
     (``features.denseblock1 ...`` of a DenseNet); label = path."""
-    from ..graph import minable_layers
-    from ..layers import is_stack
-
     if not is_stack(model):
         mods = dict(model.named_modules())
         skip = (nn.modules.batchnorm._NormBase, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout, nn.Identity)
@@ -65,9 +68,6 @@ def extract(model: nn.Module, dataset, layers: dict[str, str] | None = None, nor
     """Pooled features of ``layers`` ({label: module path}, default ``probe_layers``) for every image of ``dataset``
     (items ``(uint8 (3, H, W), label, index)``).  Returns ({label: float32 (N, D)}, labels long (N,)).
     4-d outputs are global-average-pooled to (N, C)."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
     layers = layers or probe_layers(model)
     normalize = (normalize or Normalize()).to(device)
     model = model.eval().to(device)
@@ -179,11 +179,6 @@ def run(model: nn.Module, train_set, val_set, out, *, normalize: Normalize | Non
         progress: bool = False, dpi: int = 110, tracker=None) -> float:
     """The layer-wise probe: features of ``probe_layers(model)`` on both sets, one softmax per layer; writes
     ``probe.csv/.json`` and ``figures/probe.png`` under ``out``.  Returns the best val accuracy."""
-    import json
-    from pathlib import Path
-
-    from ..results import save_figure, write_csv
-
     out = Path(out)
     layers = probe_layers(model, int((transform or {}).get("center_crop", 224)))
     kw = dict(layers=layers, normalize=normalize, batch_size=batch_size, device=device, progress=progress)

@@ -23,22 +23,28 @@ ends with the weights an uninterrupted run would have, whatever ``num_workers``:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
-from .errors import CheckpointError
-from .data import BatchAugment, Normalize, Tagged, add_skipped, collate_tagged, record_skipped
-from .faults import pause_point
-from .tracking import Tracker
+from zf.data import BatchAugment, Normalize, Tagged, TensorImages, add_skipped, collate_tagged, record_skipped
+from zf.data import preload as decode
+from zf.errors import CheckpointError
+from zf.faults import pause_point
+from zf.tracking import Tracker
+from zf.views.plotting import filter_grid, training_curves
 
 
 @dataclass
@@ -46,7 +52,7 @@ class TrainConfig:
     """Every knob of a training run.  Defaults are the paper's recipe (section 3) where it gives one.
 
     It is also the schema of ``configs/train.yaml``'s ``train:`` section (registered with Hydra's ConfigStore by
-    ``zf.edge``), so a misspelt or unknown ``train.*`` key is an error when the config is composed."""
+    ``zf.edge.runtime``), so a misspelt or unknown ``train.*`` key is an error when the config is composed."""
 
     epochs: int = 70
     batch_size: int = 128                 # global batch; split across distributed processes
@@ -123,10 +129,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -136,8 +138,6 @@ def seed_everything(seed: int) -> None:
 def evaluate(model: nn.Module, loader: DataLoader, normalize: Normalize, device: torch.device | str = "cpu",
              progress: bool = False) -> dict:
     """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader`` (batches of (uint8 images, labels, idx))."""
-    from tqdm.auto import tqdm
-
     model.eval()
     n = loss = top1 = top5 = 0.0
     tagged = isinstance(loader.dataset, Tagged)  # batches (batch, unreadable indices): record those
@@ -160,8 +160,6 @@ def evaluate(model: nn.Module, loader: DataLoader, normalize: Normalize, device:
 
 def _seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (numpy's SeedSequence: nearby inputs give unrelated seeds)."""
-    import numpy as np
-
     return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -268,8 +266,6 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
     ``zf.data.BatchAugment``) maps each uint8 batch to float pixels; its ``size`` is set at the epochs listed in
     ``cfg.sizes`` (progressive resizing).  Returns the metric history, one dict per epoch.
     """
-    from tqdm.auto import tqdm
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device = distributed_setup()
@@ -406,8 +402,6 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, out_dir: 
                 tracker.log({k: v for k, v in rec.items() if v is not None}, step=epoch)
                 conv1 = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
                 if conv1 is not None and tracker.active:
-                    from .plotting import filter_grid
-
                     tracker.image("conv1_filters", filter_grid(conv1.weight), caption=f"epoch {epoch}", step=epoch)
             if world > 1:
                 dist.barrier()
@@ -441,11 +435,6 @@ def fit_task(model: nn.Module, train_set, val_set, out_dir: str | os.PathLike, c
     batches to ``size`` (``zf.data.BatchAugment`` with ``cfg.augment``, ``crop_scale``, ``flip``), ``fit``, then
     write ``history.json``, ``curves.png``, the exported weights (``export``) and ``skipped.txt`` (unreadable
     images).  Returns the best val top-1 accuracy."""
-    import json
-
-    from .data import TensorImages
-    from .data import preload as decode
-
     out_dir = Path(out_dir)
     bases = [d for d in (train_set, val_set) if d is not None]  # where unreadable files are listed
     if cfg.preload:
@@ -458,7 +447,6 @@ def fit_task(model: nn.Module, train_set, val_set, out_dir: str | os.PathLike, c
     if rank != 0:
         return best
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    from .plotting import training_curves
 
     fig, _ = training_curves(history)
     fig.savefig(out_dir / "curves.png", dpi=100)

@@ -8,14 +8,14 @@ For a unit at row ``y`` of a layer, its box in the input is ``[y * stride + offs
     stride_l = stride_{l-1} * s
     offset_l = offset_{l-1} - p * stride_{l-1}
 
-Pointwise layers (ReLU, LRN, batch norm, dropout, identity) change nothing.  The deconvnet (``zf.deconv``) crops with
-the same windows, so a projection is zero outside its unit's box.
+Pointwise layers (ReLU, LRN, batch norm, dropout, identity) change nothing.  The deconvnet (``zf.projection.stack``)
+crops with the same windows, so a projection is zero outside its unit's box.
 
 Any other network (ResNet, DenseNet, GoogLeNet, dilated or rectangular kernels): ``graph_receptive_fields``
 measures size, stride and offset per axis as the exact support of one unit's input gradient in a linearised float64
 copy of the model (``RF.size_hw`` etc.; boxes may exceed the image), keyed by module path.
 
-    >>> from zf.models import zfnet
+    >>> from zf.net.models import zfnet
     >>> receptive_fields(zfnet())["pool5"]
     RF(size=171, stride=32, offset=-59, out_size=6)
 """
@@ -29,9 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from zf.layers import layer_table
+from zf.net.activations import ACTIVATION_MODULES, ACTIVATIONS, MAX_POOLS
+from zf.net.layers import is_stack, layer_table
+from zf.net.modules import capture, eval_mode, minable_layers
 
 POINTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -120,12 +124,10 @@ def out_size(n: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
 
 
 def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) -> "OrderedDict[str, RF]":
-    """RF of every layer.  For a ``features`` stack of leaf modules (``zf.layers.is_stack``): every layer of
-    ``model.features`` by the names of ``zf.layers.layer_table``, in forward order, by the recurrence above (measured
-    by ``graph_receptive_fields`` where a dilated or rectangular kernel or a non-square input rules it out).  For any
-    other model: every module with a 4-D output, by module path, measured (``graph_receptive_fields``)."""
-    from zf.layers import is_stack
-
+    """RF of every layer.  For a ``features`` stack of leaf modules (``zf.net.layers.is_stack``): every layer of
+    ``model.features`` by the names of ``zf.net.layers.layer_table``, in forward order, by the recurrence above
+    (measured by ``graph_receptive_fields`` where a dilated or rectangular kernel or a non-square input rules it out).
+    For any other model: every module with a 4-D output, by module path, measured (``graph_receptive_fields``)."""
     if not is_stack(model):
         return graph_receptive_fields(model, input_size)
     try:
@@ -207,8 +209,6 @@ def unit_box(rf: RF, y, x, image_size: int | tuple[int, int]) -> Box:
 # ---------------------------------------------------------------------------------------------------------------
 # any graph: the support of one unit's gradient in a linearised copy
 
-_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Hardswish,
-         nn.Mish, nn.Hardtanh)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d)
 _RF_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -228,7 +228,8 @@ def _linearised(model: nn.Module) -> nn.Module:
                 new = nn.AvgPool2d(c.kernel_size, c.stride, c.padding, c.ceil_mode, count_include_pad=True)
             elif isinstance(c, nn.AdaptiveMaxPool2d):
                 new = nn.AdaptiveAvgPool2d(c.output_size)
-            elif isinstance(c, _ACTS + _NORMS) or (isinstance(c, nn.LayerNorm) and len(c.normalized_shape) == 1):
+            elif isinstance(c, ACTIVATION_MODULES + _NORMS) or (isinstance(c, nn.LayerNorm)
+                                                                and len(c.normalized_shape) == 1):
                 new = nn.Identity()
             if new is not None:
                 setattr(parent, name, new)
@@ -248,20 +249,45 @@ def _linearised(model: nn.Module) -> nn.Module:
     return m
 
 
+def _avg_pool(func, args, kwargs):
+    """A functional max pool as the average pool of the same windows (receptive fields: every input counts)."""
+    if func is F.adaptive_max_pool2d:
+        return F.adaptive_avg_pool2d(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    a = dict(zip(names, args), **kwargs)
+    if a.get("dilation", 1) not in (1, (1, 1), [1, 1]) or a.get("return_indices"):
+        raise ValueError("receptive field: a dilated max pool or one returning indices is not supported")
+    stride = a.get("stride") or a["kernel_size"]
+    return F.avg_pool2d(a["input"], a["kernel_size"], stride, a.get("padding", 0), bool(a.get("ceil_mode", False)),
+                        True)
+
+
+class _LinearCalls(TorchFunctionMode):
+    """The functional calls of the linearised copy: within the block every functional activation
+    (``zf.net.activations.ACTIVATIONS``, a clamp such as ``F.hardtanh`` included, so that no path is cut) is the
+    identity and every functional max pool the average pool of its windows, as ``_linearised`` does for modules."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in MAX_POOLS:
+            return _avg_pool(func, args, kwargs)
+        if func in ACTIVATIONS and args and isinstance(args[0], torch.Tensor):
+            return args[0].clone()
+        return func(*args, **kwargs)
+
+
 def _pairs(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def _measure(lin: nn.Module, hw: tuple[int, int], paths: list[str], axis: int | None) -> dict[str, dict]:
     """One forward of ones of size hw through the linearised copy (one batch element per seed), then per distinct
-    output tensor one reverse pass seeding the rows 0, 1, h-1 (all columns) and the columns 0, 1, w-1 (all rows).  Returns per path
-    and axis (0 rows, 1 columns; ``axis`` None: both) ``(size, stride, offset)``, left out where the image clips the
-    boxes (measure again on a larger input) or the map has one unit."""
-    from zf.graph import capture, rules
-
+    output tensor one reverse pass seeding the rows 0, 1, h-1 (all columns) and the columns 0, 1, w-1 (all rows).
+    Returns per path and axis (0 rows, 1 columns; ``axis`` None: both) ``(size, stride, offset)``, left out where the
+    image clips the boxes (measure again on a larger input) or the map has one unit."""
     axes = (0, 1) if axis is None else (axis,)
     x = torch.ones(3 * len(axes), 3, *hw, dtype=torch.float64, requires_grad=True)  # one copy per seed
-    with torch.enable_grad(), rules("identity"):
+    with torch.enable_grad(), _LinearCalls():
         outs = capture(lin, x, paths, clone=False)
     res: dict[str, dict] = {p: {} for p in paths}
     done: dict[int, dict] = {}
@@ -308,8 +334,6 @@ def graph_receptive_fields(model: nn.Module, input_size: int | tuple[int, int] =
     long on that axis (up to 8x).  A layer whose units see the whole image at every size (global pooling,
     squeeze-excitation) or whose map has one unit gets ``size`` = the input size, ``offset`` 0 and ``stride`` =
     ceil(input / map) on that axis.  Cached per model and input size."""
-    from zf.graph import capture, eval_mode, minable_layers, rules
-
     hw = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
     if paths is None:
         paths = [p for p, _ in minable_layers(model, hw)]
@@ -318,7 +342,7 @@ def graph_receptive_fields(model: nn.Module, input_size: int | tuple[int, int] =
     if todo:
         with eval_mode(model):
             lin = _linearised(model)
-        with torch.no_grad(), rules("identity"):
+        with torch.no_grad(), _LinearCalls():
             o = capture(lin, torch.zeros(1, 3, *hw, dtype=torch.float64), todo, clone=False)
         for p in todo:
             if o[p].dim() != 4:

@@ -16,14 +16,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from zf.errors import CheckpointError
 
 #: What to tell a user who gave no weights, or weights that cannot be used.
 WEIGHTS_HELP = ("pass model.weights=/path/to/weights.pth (a state dict), model.weights=cache (torchvision's file, "
                 "if the torch hub cache has it), or model.weights=random for random weights")
 
 #: The shipped checkpoint and its Fig. 4 snapshots, installed with the package (see zf/weights/MODEL_CARD.md).
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: The checkpoint shipped with the package, trained on Imagenette (see zf/weights/MODEL_CARD.md).
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "zfnet_imagenette.pt"
 #: Its conv weights at epochs 1, 2, 5, 10, 20 and 50 (Fig. 4, ``experiment=evolution``).

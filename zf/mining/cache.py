@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from .data import add_skipped
-from .layers import resolve_layer
-from .mining import mine
-from .results import TopK
+from zf.data import add_skipped
+from zf.mining.mine import mine
+from zf.mining.table import TopK
+from zf.net.layers import resolve_layer
 
 
 def fingerprint(model: nn.Module, files, extra: dict) -> str:
@@ -48,8 +49,6 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
 
     ``transform`` describes how images become model inputs (``zf.data.transform_spec``); it is part of the key.
     After the call ``dataset.skipped`` lists the unreadable files of the pass, whether it ran now or earlier."""
-    import torch.distributed as dist
-
     names = sorted({resolve_layer(model, layer, tap).name for layer in layers})
     key = fingerprint(model, dataset.files, {"transform": transform, "layers": names, "k": int(k), "tap": tap,
                                             "subset": dataset.indices.tolist(), "batch_size": int(batch_size)})

@@ -1,4 +1,4 @@
-"""The plumbing of the Hydra edge, the one other module besides ``zf.tasks`` that reads a config:
+"""The plumbing of the Hydra edge, the one other module besides ``zf.edge.tasks`` that reads a config:
 
 - building library objects from a config: ``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``, ``miner``;
 - the ``task`` decorator (in the style of lightning-hydra-template's ``task_wrapper``), which gives each task its run
@@ -17,21 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from . import data as zdata
-from .errors import ConfigError, OutputError, ZFError
-from .models import build_model
-from .tracking import Tracker
+from zf import data as zdata
+from zf.errors import ConfigError, OutputError, ZFError
+from zf.mining.cache import mine_cached
+from zf.net.models import build_model
+from zf.tracking import Tracker
+from zf.training.train import TrainConfig
 
 
 def register_configs() -> None:
-    """The structured configs (schemas) the YAML files build on: ``train/schema`` = ``zf.train.TrainConfig``."""
-    from hydra.core.config_store import ConfigStore
-
-    from .train import TrainConfig
-
+    """The structured configs (schemas) the YAML files build on: ``train/schema`` =
+    ``zf.training.train.TrainConfig``."""
     ConfigStore.instance().store(group="train", name="schema", node=TrainConfig)
 
 
@@ -99,8 +101,6 @@ def normalize_from_cfg(cfg: DictConfig, model: torch.nn.Module | None = None):
 
 def miner(cfg: DictConfig, ctx: "Context", transform: dict, normalize, k: int, tap: str = "relu"):
     """``(model, dataset, layers) -> {name: TopK}`` through the mining cache, with the config's batching."""
-    from .cache import mine_cached
-
     def fn(model, dataset, layers):
         return mine_cached(model, dataset, layers, k, cfg.paths.cache_dir, transform, normalize, tap=tap,
                            batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), device=ctx.device,
@@ -127,8 +127,6 @@ def task(job_type: str):
     def deco(fn):
         @functools.wraps(fn)
         def wrapped(cfg: DictConfig):
-            import torch.distributed as dist
-
             out = Path(cfg.paths.output_dir)
             try:
                 out.mkdir(parents=True, exist_ok=True)
@@ -152,11 +150,9 @@ def task(job_type: str):
 
 def dispatch(cfg: DictConfig):
     """Call the task ``cfg.task._target_`` names with the whole config."""
-    from hydra.utils import get_method
-
     target = cfg.task.get("_target_") if OmegaConf.is_dict(cfg.get("task")) else None
     if not target:
-        raise ConfigError("the config names no task: set task._target_ (e.g. zf.tasks.topk)")
+        raise ConfigError("the config names no task: set task._target_ (e.g. zf.edge.tasks.topk)")
     return get_method(target)(cfg)
 
 

@@ -1,20 +1,35 @@
-"""The Hydra edge: each task reads a composed config and calls the library; only this module and ``zf.edge`` see a
-config.
+"""The Hydra edge: each task reads a composed config and calls the library; only this module and ``zf.edge.runtime`` see
+a config.
 
-A config names its task by ``task._target_`` (``configs/run.yaml``: ``zf.tasks.topk``; ``configs/train.yaml``:
-``zf.tasks.train``; each ``configs/experiment/<name>.yaml`` its own), and the scripts call it through
-``zf.edge.dispatch``.  A task is a few lines: build the model and data the config names (``zf.edge``'s
+A config names its task by ``task._target_`` (``configs/run.yaml``: ``zf.edge.tasks.topk``; ``configs/train.yaml``:
+``zf.edge.tasks.train``; each ``configs/experiment/<name>.yaml`` its own), and the scripts call it through
+``zf.edge.runtime.dispatch``.  A task is a few lines: build the model and data the config names (``zf.edge.runtime``'s
 ``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``) and call one library function, which computes and
 writes its outputs.
 """
 from __future__ import annotations
 
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from .edge import (Context, cli, dataset_from_cfg, dispatch, flag, miner, model_from_cfg, model_info,  # noqa: F401
-                   normalize_from_cfg, plain, task)  # (the scripts call cli and dispatch from here)
-from .errors import ConfigError
-
+# the scripts call cli and dispatch from here
+from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, miner  # noqa: F401
+from zf.edge.runtime import model_from_cfg, model_info, normalize_from_cfg, plain, task
+from zf.errors import ConfigError
+from zf.experiments import correspondence as correspondence_xp
+from zf.experiments import evolution as evolution_xp
+from zf.experiments import filters as filters_xp
+from zf.experiments import invariance as invariance_xp
+from zf.experiments import methods as methods_xp
+from zf.experiments import occlusion as occlusion_xp
+from zf.experiments import probe as probe_xp
+from zf.experiments.features import grey_fill, load_images
+from zf.jobs.topk import topk_job
+from zf.net.layers import resolve_layer
+from zf.net.listing import format_layers, list_layers
+from zf.net.models import EVOLUTION_SNAPSHOTS, require_loaded
+from zf.projection.rules import METHODS
+from zf.training.train import TrainConfig, fit_task
 
 # --- the tasks ---------------------------------------------------------------------------------------------------
 
@@ -22,12 +37,8 @@ from .errors import ConfigError
 @task("run")
 def topk(cfg: DictConfig, ctx: Context) -> float:
     """The main job (``configs/run.yaml``); returns the mean top-1 activation of the last layer (for sweepers)."""
-    from .job import topk_job
-
     model = model_from_cfg(cfg).eval().to(ctx.device)
     if flag(cfg, "list_layers"):
-        from .graph import format_layers, list_layers
-
         print(format_layers(list_layers(model, int(cfg.data.size))))
         return 0.0
     normalize, transform = normalize_from_cfg(cfg, model)
@@ -35,7 +46,6 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     layers = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
     units = cfg.units if cfg.units in (None, "overview") else [
         int(u) for u in (cfg.units if OmegaConf.is_list(cfg.units) else [cfg.units])]
-    from .deconv import METHODS
 
     methods = [cfg.method] + ([m for m in METHODS if m != cfg.method]
                               if flag(cfg, "compare_methods") else [])
@@ -54,8 +64,6 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
 @task("train")
 def train(cfg: DictConfig, ctx: Context) -> float:
     """Train a model (``configs/train.yaml``); returns the best validation top-1 accuracy."""
-    from .train import TrainConfig, fit_task
-
     d = cfg.data
     store = int(d.resize or d.size)
     train_set = dataset_from_cfg(cfg, "train", size=store, resize=store)
@@ -73,8 +81,6 @@ def train(cfg: DictConfig, ctx: Context) -> float:
 def _experiment_images(cfg: DictConfig, ctx: Context, rel_paths):
     """An image experiment's model (eval, on the device; random weights get as many classes as the val split),
     class names, ``Normalize`` on the device, images (uint8) and labels (paths relative to the val split)."""
-    from .experiments.features import load_images
-
     val = dataset_from_cfg(cfg, "val", limit=None)
     val_root, classes = val.files.root, val.classes
     model = model_from_cfg(cfg, None if cfg.model.get("checkpoint") else len(classes)).eval().to(ctx.device)
@@ -87,10 +93,6 @@ def _experiment_images(cfg: DictConfig, ctx: Context, rel_paths):
 @task("occlusion")
 def occlusion(cfg: DictConfig, ctx: Context) -> float:
     """Fig. 7 (``experiment=occlusion``)."""
-    from .experiments import occlusion as xp
-
-    from .models import require_loaded
-
     o = cfg.occlusion
     model, classes, normalize, raw, labels = _experiment_images(cfg, ctx, o.images)
     require_loaded(model, "", "occlusion (panels (d) and (e) are class probabilities)")
@@ -99,76 +101,65 @@ def occlusion(cfg: DictConfig, ctx: Context) -> float:
         dataset, mine = dataset_from_cfg(cfg, "val"), miner(cfg, ctx, normalize_from_cfg(cfg, model)[1], normalize,
                                                             int(cfg.k), cfg.tap)
         others = {"dataset": dataset, "mine_fn": lambda ls: mine(model, dataset, list(cfg.mine_layers or []) + ls)}
-    return xp.run(model, raw, labels, list(o.images), classes, normalize, ctx.out, layer=o.layer, tap=cfg.tap,
-                  size=int(o.size), stride=int(o.stride), grey=o.grey, batch_size=int(o.batch_size),
-                  method=cfg.method, norm=cfg.norm, display_mode=cfg.display, device=ctx.device, dpi=int(cfg.dpi),
-                  tracker=ctx.tracker, progress=cfg.progress, **others)
+    return occlusion_xp.run(model, raw, labels, list(o.images), classes, normalize, ctx.out, layer=o.layer,
+                            tap=cfg.tap, size=int(o.size), stride=int(o.stride), grey=o.grey,
+                            batch_size=int(o.batch_size), method=cfg.method, norm=cfg.norm, display_mode=cfg.display,
+                            device=ctx.device, dpi=int(cfg.dpi), tracker=ctx.tracker, progress=cfg.progress, **others)
 
 
 @task("invariance")
 def invariance(cfg: DictConfig, ctx: Context) -> float:
     """Fig. 5 (``experiment=invariance``)."""
-    from .experiments import invariance as xp
-
     v = cfg.invariance
     model, classes, normalize, raw, labels = _experiment_images(cfg, ctx, v.images)
     if getattr(model, "zf_missing", None):  # no trained classifier: distances only, p(true class) is NaN
         print("invariance: part of the model stayed random (summary.json); p(true class) is not computed")
         labels = [-1] * len(labels)
-    return xp.run(model, normalize(raw.to(ctx.device)), labels, list(v.images), classes, ctx.out,
-                  {k: v.get(k) for k in xp.KINDS}, [tuple(l) for l in v.layers], batch_size=int(v.batch_size),
-                  dpi=int(cfg.dpi), tracker=ctx.tracker)
+    return invariance_xp.run(model, normalize(raw.to(ctx.device)), labels, list(v.images), classes, ctx.out,
+                             {k: v.get(k) for k in invariance_xp.KINDS}, [tuple(l) for l in v.layers],
+                             batch_size=int(v.batch_size), dpi=int(cfg.dpi), tracker=ctx.tracker)
 
 
 @task("correspondence")
 def correspondence(cfg: DictConfig, ctx: Context) -> float:
     """Table 1 / Fig. 8 (``experiment=correspondence``)."""
-    from .experiments import correspondence as xp
-    from .experiments.features import grey_fill
-    from .layers import resolve_layer
-    from .models import require_loaded
-
     c = cfg.correspondence
     model, _, normalize, raw, _ = _experiment_images(cfg, ctx, c.images)
     for layer, tap in c.layers:
         path = resolve_layer(model, layer, tap).path
         require_loaded(model, path.split(".")[0] + ".", f"correspondence at {path} (correspondence.layers)")
-    return xp.run(model, normalize(raw.to(ctx.device)), raw, list(c.images), plain(c.parts), ctx.out,
-                  size=int(c.size), layers=[tuple(l) for l in c.layers], n_random=int(c.n_random),
-                  jitter=int(c.jitter), seed=int(cfg.seed), value=grey_fill(c.grey, normalize),
-                  batch_size=int(c.batch_size), dpi=int(cfg.dpi), tracker=ctx.tracker)
+    return correspondence_xp.run(model, normalize(raw.to(ctx.device)), raw, list(c.images), plain(c.parts), ctx.out,
+                                 size=int(c.size), layers=[tuple(l) for l in c.layers], n_random=int(c.n_random),
+                                 jitter=int(c.jitter), seed=int(cfg.seed), value=grey_fill(c.grey, normalize),
+                                 batch_size=int(c.batch_size), dpi=int(cfg.dpi), tracker=ctx.tracker)
 
 
 @task("evolution")
 def evolution(cfg: DictConfig, ctx: Context) -> float:
     """Fig. 4 (``experiment=evolution``)."""
-    from .experiments import evolution as xp
-    from .models import EVOLUTION_SNAPSHOTS
-
     e = cfg.evolution
     folder = EVOLUTION_SNAPSHOTS if str(e.snapshots) == "default" else e.snapshots  # the shipped ones, installed
-    found = xp.find_snapshots(folder, list(e.epochs) if e.get("epochs") is not None else None)
-    snaps = [(epoch, m.to(ctx.device)) for epoch, m in (xp.load_snapshot(p) for _, p in found)]
+    found = evolution_xp.find_snapshots(folder, list(e.epochs) if e.get("epochs") is not None else None)
+    snaps = [(epoch, m.to(ctx.device)) for epoch, m in (evolution_xp.load_snapshot(p) for _, p in found)]
     normalize, transform = normalize_from_cfg(cfg)
-    return xp.run(snaps, [p for _, p in found], dataset_from_cfg(cfg, e.split, limit=e.images), ctx.out,
-                  layers=list(e.layers), n_units=int(e.units_per_layer),
-                  units={k: list(u) for k, u in plain(e.units).items()} if e.get("units") else None,
-                  seed=int(cfg.seed), method=e.method, normalize=normalize, transform=transform, device=ctx.device,
-                  mine_fn=miner(cfg, ctx, transform, normalize, 1), split=e.split, dpi=int(cfg.dpi),
-                  tracker=ctx.tracker)
+    return evolution_xp.run(snaps, [p for _, p in found], dataset_from_cfg(cfg, e.split, limit=e.images), ctx.out,
+                            layers=list(e.layers), n_units=int(e.units_per_layer),
+                            units={k: list(u) for k, u in plain(e.units).items()} if e.get("units") else None,
+                            seed=int(cfg.seed), method=e.method, normalize=normalize, transform=transform,
+                            device=ctx.device, mine_fn=miner(cfg, ctx, transform, normalize, 1), split=e.split,
+                            dpi=int(cfg.dpi), tracker=ctx.tracker)
 
 
 @task("filters")
 def filters(cfg: DictConfig, ctx: Context) -> float:
     """Fig. 6 (``experiment=filters``)."""
-    from .experiments import filters as xp
-
     f = cfg.filters
     normalize, transform = normalize_from_cfg(cfg)
-    return xp.run({k: f.get(k) for k in xp.FIG6_COMMANDS}, ctx.out, dataset=dataset_from_cfg(cfg, f.split, f.images),
-                  layer2_units=int(f.layer2_units), seed=int(cfg.seed), normalize=normalize,
-                  mine_fn=miner(cfg, ctx, transform, normalize, 1), device=ctx.device, dpi=int(cfg.dpi),
-                  tracker=ctx.tracker)
+    return filters_xp.run({k: f.get(k) for k in filters_xp.FIG6_COMMANDS}, ctx.out,
+                          dataset=dataset_from_cfg(cfg, f.split, f.images),
+                          layer2_units=int(f.layer2_units), seed=int(cfg.seed), normalize=normalize,
+                          mine_fn=miner(cfg, ctx, transform, normalize, 1), device=ctx.device, dpi=int(cfg.dpi),
+                          tracker=ctx.tracker)
 
 
 @task("experiment")
@@ -177,8 +168,6 @@ def experiment(cfg: DictConfig, ctx: Context) -> float:
     ``out`` and ``tracker``, the values of ``task.args`` as they are, and what ``task.inputs`` asks to be built from
     the config: ``model`` (eval, on the device), ``normalize``, ``transform``, ``device``, ``dataset`` (the config's
     split) or ``dataset:<split>``.  ``configs/experiment/ablation_table.yaml`` is one."""
-    from hydra.utils import get_method
-
     t, built, model = cfg.task, {}, None
     for name, what in plain(t.get("inputs") or {}).items():
         if what == "model":
@@ -199,23 +188,19 @@ def experiment(cfg: DictConfig, ctx: Context) -> float:
 @task("probe")
 def probe(cfg: DictConfig, ctx: Context) -> float:
     """A linear probe per layer (``experiment=probe``)."""
-    from .experiments import probe as xp
-
     model = model_from_cfg(cfg).eval().to(ctx.device)
     normalize, transform = normalize_from_cfg(cfg, model)
     p = cfg.probe
-    return xp.run(model, dataset_from_cfg(cfg, "train", p.train_images), dataset_from_cfg(cfg, "val", p.val_images),
-                  ctx.out, normalize=normalize, l2=float(p.l2), max_iter=int(p.max_iter),
-                  batch_size=int(cfg.batch_size), device=ctx.device, transform=transform, progress=cfg.progress,
-                  dpi=int(cfg.dpi), tracker=ctx.tracker)
+    return probe_xp.run(model, dataset_from_cfg(cfg, "train", p.train_images),
+                        dataset_from_cfg(cfg, "val", p.val_images), ctx.out, normalize=normalize, l2=float(p.l2),
+                        max_iter=int(p.max_iter),
+                        batch_size=int(cfg.batch_size), device=ctx.device, transform=transform, progress=cfg.progress,
+                        dpi=int(cfg.dpi), tracker=ctx.tracker)
 
 
 @task("methods")
 def methods(cfg: DictConfig, ctx: Context) -> float:
     """Deconvnet vs guided backpropagation vs gradient on the same rows (``experiment=methods``)."""
-    from .experiments import methods as xp
-    from .layers import resolve_layer
-
     model = model_from_cfg(cfg).eval().to(ctx.device)
     normalize, transform = normalize_from_cfg(cfg, model)
     dataset = dataset_from_cfg(cfg, cfg.split)
@@ -223,7 +208,7 @@ def methods(cfg: DictConfig, ctx: Context) -> float:
     table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
         model, dataset, list(cfg.mine_layers or []) + [layer])[layer]
     m = cfg.methods
-    return xp.run(model, dataset, table, layer, ctx.out, units=list(m.units) if m.get("units") else None,
-                  n_units=int(m.n_units), methods=list(m.compare), normalize=normalize, tap=cfg.tap,
-                  seed=int(cfg.seed), display_mode=cfg.display, device=ctx.device, dpi=int(cfg.dpi),
-                  tracker=ctx.tracker)
+    return methods_xp.run(model, dataset, table, layer, ctx.out, units=list(m.units) if m.get("units") else None,
+                          n_units=int(m.n_units), methods=list(m.compare), normalize=normalize, tap=cfg.tap,
+                          seed=int(cfg.seed), display_mode=cfg.display, device=ctx.device, dpi=int(cfg.dpi),
+                          tracker=ctx.tracker)

@@ -1,14 +1,20 @@
-"""Model factories: the Zeiler-Fergus network (Fig. 3 of arXiv:1311.2901) and torchvision's AlexNet and VGG16.
+"""Model factories: the Zeiler-Fergus network (Fig. 3 of arXiv:1311.2901), torchvision's AlexNet and VGG16, any
+torchvision or timm model, your own module (``custom_model``), and ``build_model``, the one entry a config uses.
 
-Every factory returns a module with a ``features`` ``nn.Sequential`` (the convolutional part the deconvnet inverts)
-and a ``classifier`` ``nn.Sequential``; ``zf.layers`` gives their layers the names a user types (``conv4``, ``pool5``,
-``fc6``, or the paper's integers 1..5).
+``zfnet``, ``alexnet`` and ``vgg16`` return a module with a ``features`` ``nn.Sequential`` (the convolutional part
+the deconvnet inverts) and a ``classifier`` ``nn.Sequential``; ``zf.net.layers`` gives their layers the names a user
+types (``conv4``, ``pool5``, ``fc6``, or the paper's integers 1..5).  Any other model (``torchvision_model``,
+``timm_model``, ``custom_model``) is used as it is: its layers are module paths (``zf.net.modules``) and it is
+projected by the graph engine unless it too is a ``features`` stack.  Weights come from ``zf.net.checkpoints``.
 
-    >>> from zf.models import zfnet
+    >>> from zf.net.models import zfnet
     >>> model = zfnet(num_classes=10, width=0.25)
 """
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
 import warnings
 from collections import OrderedDict
@@ -16,12 +22,23 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torchvision.models
 from torch import nn
 
-from .checkpoints import (DEFAULT_CHECKPOINT, EVOLUTION_SNAPSHOTS, WEIGHTS_DIR, WEIGHTS_HELP,  # noqa: F401
-                          first_line, load_state_dict, load_weights, random_weights, read_checkpoint, require_loaded,
-                          state_dict_of)
-from .errors import CheckpointError, ConfigError
+from zf.errors import CheckpointError, ConfigError
+from zf.net.checkpoints import (  # noqa: F401
+    DEFAULT_CHECKPOINT,
+    EVOLUTION_SNAPSHOTS,
+    WEIGHTS_DIR,
+    WEIGHTS_HELP,
+    first_line,
+    load_state_dict,
+    load_weights,
+    random_weights,
+    read_checkpoint,
+    require_loaded,
+    state_dict_of,
+)
 
 #: Channel counts of conv1..conv5 and the sizes of fc6, fc7 in the paper (Fig. 3).
 ZF_CHANNELS = (96, 256, 384, 384, 256)
@@ -73,8 +90,9 @@ def zfnet(
     """The network of Fig. 3: conv1 7x7/2 -> ReLU -> max 3x3/2 -> norm; conv2 5x5/2 -> ReLU -> max 3x3/2 -> norm;
     conv3, conv4, conv5 3x3/1 + ReLU; max 3x3/2; fc6, fc7 (ReLU, dropout); fc8.
 
-    Padding (the paper's Fig. 3 gives map sizes, not padding; its sizes fit one convention): conv1 1, pool1 and pool2 1, conv2 0, conv3-5 1, pool5 0,
-    which gives maps 110, 55, 26, 13, 13, 13, 13, 6 pixels wide for a 224 input at any width.
+    Padding (the paper's Fig. 3 gives map sizes, not padding; its sizes fit one convention): conv1 1, pool1 and pool2 1,
+    conv2 0, conv3-5 1, pool5 0, which gives maps 110, 55, 26, 13, 13, 13, 13, 6 pixels wide for a 224 input at any
+    width.
 
     Args:
         num_classes: size of fc8.
@@ -145,24 +163,18 @@ def zfnet(
 
 
 def _suggest(name: str, names: Sequence[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, names, n=3)
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def torchvision_names() -> list[str]:
     """The classification models ``torchvision.models.get_model`` builds by name."""
-    import torchvision.models
-
     return torchvision.models.list_models(module=torchvision.models)
 
 
 def torchvision_cache_file(arch_name: str) -> Path:
     """The file torchvision would download for ``arch_name``'s weights, in the torch hub cache: the DEFAULT weights'
     file if it is there, else any other ImageNet weights of that model that are.  Never downloads."""
-    import torchvision.models
-
     enum = torchvision.models.get_model_weights(arch_name)
     members = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -202,8 +214,6 @@ def torchvision_model(arch_name: str, num_classes: int = 1000, weights: str | os
     """Any torchvision classification model by name (``resnet50``, ``vgg16_bn``, ``convnext_tiny``, ...):
     ``torchvision.models.get_model(arch_name, weights=None, num_classes=..., **kwargs)``, then ``weights``: a file,
     ``"cache"`` (the file torchvision would download, from the torch hub cache; never downloaded) or ``"random"``."""
-    import torchvision.models
-
     names = torchvision_names()
     if arch_name not in names:
         raise ConfigError(f"model.arch_name={arch_name!r} is not a torchvision classification model"
@@ -231,8 +241,6 @@ def timm_model(arch_name: str, num_classes: int = 1000, weights: str | os.PathLi
 
 def import_target(target: str):
     """The object ``target`` names (``my_pkg.my_module.MyNet``), with a one-line error when it cannot be imported."""
-    import importlib
-
     module_name, _, attr = str(target).rpartition(".")
     if not module_name:
         raise ConfigError(f"model.target={target!r}: give the full dotted path, e.g. my_pkg.my_module.MyNet")
@@ -250,9 +258,7 @@ def custom_model(target: str | Callable[..., nn.Module], num_classes: int | None
                  weights: str | os.PathLike | None = "random", **kwargs) -> nn.Module:
     """Your own network: ``target`` (a dotted path such as ``my_pkg.my_module.MyNet``, or the class itself) called
     with ``kwargs`` (and ``num_classes`` when given and its signature takes it), then ``weights`` (a file or
-    ``"random"``).  For the deconvnet it should have a ``features`` ``nn.Sequential`` (see ``zf.layers``)."""
-    import inspect
-
+    ``"random"``).  For the deconvnet it should have a ``features`` ``nn.Sequential`` (see ``zf.net.layers``)."""
     factory = import_target(target) if isinstance(target, str) else target
     name = target if isinstance(target, str) else getattr(target, "__qualname__", repr(target))
     if num_classes is not None:
@@ -293,9 +299,9 @@ def vgg16(num_classes: int = 1000, weights: str | os.PathLike | None = None) -> 
 
 
 def load_zfnet(path: str | os.PathLike = DEFAULT_CHECKPOINT, arch: dict | None = None) -> ZFNet:
-    """Rebuild a ``zfnet`` from a checkpoint written by ``zf.train``, or from a bare state dict with ``arch`` giving
-    the architecture (``num_classes`` is read from fc8 when not given).  A checkpoint's stored architecture wins over
-    ``arch``.  The checkpoint's ``meta`` (class names, normalisation, input size) lands in ``model.meta``."""
+    """Rebuild a ``zfnet`` from a checkpoint written by ``zf.training.train``, or from a bare state dict with ``arch``
+    giving the architecture (``num_classes`` is read from fc8 when not given).  A checkpoint's stored architecture wins
+    over ``arch``.  The checkpoint's ``meta`` (class names, normalisation, input size) lands in ``model.meta``."""
     path = Path(path).expanduser()
     obj = read_checkpoint(path, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and "arch" in obj:

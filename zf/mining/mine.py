@@ -25,12 +25,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .data import Normalize, Tagged, add_skipped, collate_tagged, record_skipped
-from .errors import ConfigError, DataError, LayerError
-from .layers import TAPS, is_stack, resolve_layer
-from .receptive import receptive_fields, unit_box
-from .results import TopK
+from zf.data import Normalize, Tagged, add_skipped, collate_tagged, record_skipped
+from zf.errors import ConfigError, DataError, LayerError
+from zf.mining.table import TopK
+from zf.net.layers import TAPS, is_stack, resolve_layer
+from zf.net.modules import capture
+from zf.net.receptive import receptive_fields, unit_box
 
 
 class Running:
@@ -102,11 +104,9 @@ def _feature_taps(model: nn.Module, layers: Sequence, tap: str) -> dict[str, str
 
 def run_features(model: nn.Module, x: torch.Tensor, taps: dict[str, str]) -> dict[str, torch.Tensor]:
     """Forward ``x`` only as far as the last tap; {layer name: activation (N, C, h, w)}.  ``taps`` maps module paths
-    to names (``_feature_taps``).  The activations are read by ``zf.graph.capture``: forward hooks that copy what they
-    read (an in-place ReLU after a conv cannot rectify the conv output that ``tap="conv"`` reads) and stop the forward
-    after the last tapped module."""
-    from .graph import capture
-
+    to names (``_feature_taps``).  The activations are read by ``zf.net.modules.capture``: forward hooks that copy what
+    they read (an in-place ReLU after a conv cannot rectify the conv output that ``tap="conv"`` reads) and stop the
+    forward after the last tapped module."""
     return {taps[p]: v for p, v in capture(model, x, list(taps), clone=_must_copy(model, taps)).items()}
 
 
@@ -142,13 +142,14 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
     """The top-``k`` images of every unit of ``layers``.
 
     Args:
-        model: a network with ``features`` (zfnet, AlexNet, VGG16...), in eval mode.
+        model: any network, in eval mode: a ``features`` stack (zfnet, AlexNet, VGG16...) read at its layer names and
+            taps, or any other graph read at module paths (``zf.net.layers.resolve_layer``).
         dataset: items ``(uint8 image (3, H, W), label, index)`` (``zf.data.ImageDataset``); ``index`` is the image id
             stored in the table.  ``None`` items (unreadable files) are skipped; when ``mine`` returns,
             ``dataset.skipped`` lists every one of this pass (read by worker processes, before a resume, or by other
             ranks under torch.distributed alike).
         layers: layer names or the paper's integers; all are mined in the same pass.
-        tap: where activations are read (``zf.layers``).
+        tap: where activations are read (``zf.net.layers``).
         normalize: uint8 -> model input; ImageNet statistics by default.
         state_path: where to keep the resumable state of this pass (one file per process under torchrun).
         save_every, save_every_s: the state is saved after ``save_every`` batches or ``save_every_s`` seconds since
@@ -161,8 +162,6 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
     Raises ``ConfigError`` / ``LayerError`` before the pass for a bad ``k``, ``tap``, layer or a network whose
     receptive fields cannot be computed.
     """
-    from tqdm.auto import tqdm
-
     # everything that can be wrong with the arguments fails here, before the pass
     k = _positive_int("k", k)
     batch_size = _positive_int("batch_size", batch_size)
@@ -273,8 +272,8 @@ def _receptive_fields(model: nn.Module, input_size: int):
     try:
         return receptive_fields(model, input_size=input_size)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"cannot mine {type(model).__name__}: {e}; patches are cropped by the receptive field, so "
-                          "model.features may hold only Conv2d, MaxPool2d/AvgPool2d and pointwise layers") from None
+        raise ConfigError(f"cannot mine {type(model).__name__}: {e}; patches are cropped by the receptive field, "
+                          "which this model's layers do not define") from None
 
 
 def to_tables(model: nn.Module, states: dict, map_sizes: dict, image_size: tuple[int, int],

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from zf.errors import ConfigError, LayerError
+from zf.net.modules import find_module, module_paths
 
 TAPS = ("relu", "conv", "output")
 
@@ -100,14 +101,13 @@ def layer_names(model: nn.Module, kind: str | None = "conv") -> list[str]:
 
 def is_stack(model: nn.Module) -> bool:
     """Whether ``model.features`` is an ``nn.Sequential`` of leaf modules (zfnet, AlexNet, VGG): the nets named by
-    ``layer_table`` and projected by ``zf.deconv``'s window path.  Any other model goes through ``zf.graph``."""
+    ``layer_table`` and projected by ``zf.projection.stack``'s window path.  Any other model goes through
+    ``zf.projection.graph``."""
     features = getattr(model, "features", None)
     return isinstance(features, nn.Sequential) and all(next(m.children(), None) is None for m in features)
 
 
 def _resolve_graph(model: nn.Module, layer: int | str) -> Layer:
-    from zf.graph import find_module, module_paths
-
     key = str(layer)
     if key not in module_paths(model) and isinstance(getattr(model, "features", None), nn.Sequential):
         table = layer_table(model)  # names of the features' children (denseblock3, ...), as for stacks

@@ -1,5 +1,5 @@
-"""Rendering a main-job run directory (layout: ``zf.results``): the per-layer arrays and tables, the receptive-field
-patches, the projection PNGs, the per-unit images and the Fig. 2 overview figures, and their W&B record.
+"""Rendering a main-job run directory (layout: ``zf.views.results``): the per-layer arrays and tables, the
+receptive-field patches, the projection PNGs, the per-unit images and the Fig. 2 overview figures, and their W&B record.
 
 ``render_layer`` computes and writes one layer from a model and its mined table; ``write_layer_images`` draws the
 PNGs and the overview from arrays alone; ``render_run`` re-renders a finished run from what it saved (no model, no
@@ -8,17 +8,21 @@ data pass), e.g. with another display mode: ``python scripts/render.py <run> --d
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from . import results as R
-from .results import TopK, save_figure, write_csv
-from .faults import pause_point
-from .tracking import Tracker
-from .visualize import display, overview_figure, unit_image, unit_views
+from zf.faults import pause_point
+from zf.mining.table import TopK
+from zf.tracking import Tracker
+from zf.views import results as R
+from zf.views.gallery import build_gallery
+from zf.views.plotting import image_grid
+from zf.views.results import save_figure, write_csv
+from zf.views.visualize import display, overview_figure, unit_image, unit_views
 
 TOPK_COLUMNS = ["layer", "unit", "rank", "image", "path", "y", "x", "activation", "y0", "y1", "x0", "x1"]
 
@@ -101,8 +105,6 @@ def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], 
                        with_patches: bool = True, unit_figures: bool = True) -> Path:
     """The PNGs of one layer and method (projections, optionally patches and per-unit images) and its overview
     figure, from arrays: patches uint8 (U, k, h, w, 3), proj (U, k, 3, h, w), units in ``table.units`` order."""
-    from concurrent.futures import ThreadPoolExecutor
-
     proj = np.asarray(proj, np.float32)  # no copy when it is float32 already (a big layer's array is GBs)
     shown = display(proj, display_mode)
     units = table.units.tolist()
@@ -170,8 +172,6 @@ def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int
             figs.append(write_layer_images(run, layer, table, overview, method, patches, proj, display_mode, dpi,
                                            with_patches=False, unit_figures=summary.get("unit_figures", True)))
     if gallery:
-        from .gallery import build_gallery
-
         build_gallery(run)
     return figs
 
@@ -207,7 +207,6 @@ def methods_figure(run: str | os.PathLike, layers: Sequence[str] | None = None,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plotting import image_grid
 
     run = Path(run)
     summary = R.read_summary(run)

@@ -15,12 +15,13 @@ from typing import Collection, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .data import Normalize
-from .errors import ConfigError
-from .deconv import project_windows
-from .plotting import image_grid
-from .results import TopK
+from zf.data import Normalize
+from zf.errors import ConfigError
+from zf.mining.table import TopK
+from zf.projection.api import project_windows
+from zf.views.plotting import image_grid
 
 
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, fill: float = 128,
@@ -149,8 +150,6 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         patches uint8 (U, k, h, w, 3) and projections float32 (U, k, 3, h, w), (h, w) the receptive-field size
         cut to the image size (``view_shape``); slots of empty ranks (fewer than k images) are zero.
     """
-    from tqdm.auto import tqdm
-
     normalize = (normalize or Normalize()).to(device)
     units = [int(u) for u in units]
     k = table.k

@@ -1,12 +1,12 @@
 """The main job (paper Fig. 2, section 2.1) as one library call: mine the top-k images of every unit of some layers,
 project them with the deconvnet (and optionally guided backpropagation and the gradient), and write a run directory
-(layout: ``zf.results``) with tables, patches, projections, per-unit images, overview figures, ``summary.json``, the
-gallery, and the W&B record.
+(layout: ``zf.views.results``) with tables, patches, projections, per-unit images, overview figures, ``summary.json``,
+the gallery, and the W&B record.
 
     summary = topk_job(model, dataset, normalize, transform, layers=[4], out="outputs/run/x",
                        cache_dir="outputs/cache")
 
-``scripts/run.py layer=4`` reads its config and calls this (``zf.tasks.topk``).  Every argument is checked before
+``scripts/run.py layer=4`` reads its config and calls this (``zf.edge.tasks.topk``).  Every argument is checked before
 the data pass starts.
 """
 from __future__ import annotations
@@ -18,14 +18,17 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from . import render
-from .cache import mine_cached
-from .deconv import METHODS
-from .errors import ConfigError
-from .receptive import receptive_fields
-from .results import layer_dir
-from .tracking import Tracker
+from zf.errors import ConfigError
+from zf.mining.cache import mine_cached
+from zf.net.receptive import receptive_fields
+from zf.projection.api import activations, check_invertible
+from zf.projection.rules import METHODS
+from zf.tracking import Tracker
+from zf.views import render
+from zf.views.gallery import build_gallery
+from zf.views.results import layer_dir
 
 DISPLAYS = ("symmetric", "minmax")
 
@@ -35,8 +38,6 @@ def check_args(model, layers: Sequence, k: int, methods: Sequence[str], tap: str
     """The layer names of ``layers``, after checking every argument of the job (raises ``zf.errors`` errors, before
     any data is read): ``k >= 1``, known methods and display, layers that exist and can be projected, and
     ``units`` that exist in every layer."""
-    from .deconv import activations, check_invertible
-
     if int(k) < 1:
         raise ConfigError(f"k={k}: the number of top images per unit must be at least 1")
     bad = [m for m in methods if m not in METHODS]
@@ -80,8 +81,6 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         unit_figures: also write the per-unit images ``units/u<unit>_<method>.png`` (``render.render_layer``).
         info: extra keys for ``summary.json`` (model name, checkpoint, weights).
     """
-    import torch.distributed as dist
-
     tracker = tracker or Tracker(enabled=False)
     out = Path(out)
     targets = check_args(model, layers, k, methods, tap, display, int(transform.get("size", 224)), units)
@@ -122,8 +121,6 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         tracker.summary({"skipped_images": len(summary["skipped"])})
         tracker.table("skipped", ["path"], [[p] for p in summary["skipped"]])
     if gallery:
-        from .gallery import build_gallery
-
         print(f"gallery: {build_gallery(out)}")
     if summary["skipped"]:
         print(f"{len(summary['skipped'])} unreadable images skipped (listed in {out / 'summary.json'})")

@@ -3,7 +3,7 @@ and their deconvnet projections, here for every unit rather than a chosen few).
 
     python scripts/gallery.py outputs/<date>/<time>        # rebuild from the run's saved arrays and PNGs
 
-writes, next to the run's arrays (layout: ``zf.results``)::
+writes, next to the run's arrays (layout: ``zf.views.results``)::
 
     <run>/gallery/index.html            layers of the run (with their dead units); model, data, methods, date
                                         (from summary.json); the unreadable images the run skipped, listed
@@ -15,7 +15,7 @@ writes, next to the run's arrays (layout: ``zf.results``)::
                                         activation and source image; click one for the source with its receptive
                                         field boxed; ArrowLeft/ArrowRight (or k/j) for the previous/next unit
     <run>/gallery/data_<layer>.js       the layer's table as one global (``ZF_LAYER``), loaded by a <script> tag
-    <run>/gallery/gallery.js, .css      the viewer, plain JS and CSS from ``zf/gallery_static``
+    <run>/gallery/gallery.js, .css      the viewer, plain JS and CSS from ``zf/views/gallery_static``
 
 Why these choices: pages must open from ``file://`` with no server and no network, where ``fetch()`` of JSON is
 refused, so each page loads its data as a script.  One unit page per layer, driven by the URL hash, keeps next /
@@ -35,7 +35,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from zf.faults import pause_point
-from zf.results import TopK, layer_dir, read_image_paths, read_summary
+from zf.mining.table import TopK
+from zf.views.results import layer_dir, read_image_paths, read_summary
 
 # Next to this module (package data, see pyproject.toml); a plain path rather than importlib.resources, which
 # trips over the namespace-package view a stale editable install gives ``zf``.
@@ -255,7 +256,7 @@ largest activation is 0, so the images below are ties broken by index, not what 
 def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -> Path:
     """Write ``<run>/gallery/`` (see the module docstring) from the run's saved arrays and PNGs; return index.html.
 
-    Reads, as laid out by ``zf.results``: ``layers/<layer>/topk.npz``; the PNGs ``patches/``, ``<method>/`` and
+    Reads, as laid out by ``zf.views.results``: ``layers/<layer>/topk.npz``; the PNGs ``patches/``, ``<method>/`` and
     ``units/`` (any may be missing: placeholders are shown); ``sources/<id:06d>.jpg``; ``images.json`` (list of
     source paths indexed by image id; only the file names are shown); and ``summary.json`` with the keys
 
@@ -268,7 +269,8 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
     Only "layers" and "methods" are needed to build; the rest is shown on the index when present.
 
     layers: the layers to include (default: every layer of summary.json "layers" that has a topk.npz, in that
-    order, then any other ``layers/*/topk.npz``; a layer named here without one raises FileNotFoundError).  Rebuilding overwrites the gallery's own files only.
+    order, then any other ``layers/*/topk.npz``; a layer named here without one raises FileNotFoundError).  Rebuilding
+    overwrites the gallery's own files only.
     """
     run = Path(run_dir)
     summary = read_summary(run)

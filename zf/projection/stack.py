@@ -1,14 +1,11 @@
-"""The deconvnet of Zeiler & Fergus (section 2.1), guided backpropagation and the plain gradient, for the ``features``
-of zfnet, AlexNet or VGG16 (and fc targets).
+"""The stack engine: the deconvnet of Zeiler & Fergus (section 2.1), guided backpropagation and the plain gradient
+on receptive-field windows, for the ``features`` of zfnet, AlexNet or VGG16 (and fc targets on whole images).
+``zf.projection.api`` is the entry point; it sends every other model to ``zf.projection.graph``.
 
 To see one activation, every other activation of its layer is set to zero and the signal goes back down to pixels,
 repeating (i) unpool with the switches of this image's forward pass, (ii) rectify, (iii) filter with the transposed
-filters (no bias).  The three methods differ only at the ReLUs (``g`` the signal coming down, ``x`` the ReLU's
-forward input):
-
-    gradient   g * [x > 0]              (the true vector-Jacobian product)
-    deconvnet  max(g, 0)                (the paper)
-    guided     max(g, 0) * [x > 0]      (Springenberg et al. 2015)
+filters (no bias).  The three methods differ only at the ReLUs, by the rule table of ``zf.projection.rules``
+(``relu_rule``).
 
 Unpooling is the max-pool gradient: with overlapping pools (3x3, stride 2) two windows can pick the same input
 location, and their signals add up there.  Contrast normalisation (LRN) is skipped in the reverse path by default
@@ -16,21 +13,19 @@ location, and their signals add up there.  Contrast normalisation (LRN) is skipp
 Dropout is the identity, batch norm (running statistics) its per-channel scale.  Biases are never used.
 
 A ``features`` stack with a module this reverse pass does not cover (a dilated or rectangular kernel, an average
-pool, ...) is projected through ``zf.graph`` instead (autograd with the same rules; slower), with a warning that
-names the module (``fast_path``).
+pool, ...) is projected through ``zf.projection.graph`` instead (autograd with the same rules; slower), with a
+warning that names the module (``fast_path``).
 
-Speed (``crop=True``): a unit's projection only needs the pixels of its receptive field.  The forward pass runs once
+Speed (``windows``): a unit's projection only needs the pixels of its receptive field.  The forward pass runs once
 on the distinct images and records the switches (and ReLU masks, LRN inputs when needed).  The reverse pass then runs
 on small windows: 1x1 at the target, growing through each conv/pool (an output window ``[a, b]`` needs the input
-window ``[a*s - p, b*s - p + k - 1]``) up to the unit's receptive field in pixels (``zf.receptive``).  All rows share
-the window sizes, so thousands of projections run as one batch of small tensors.  ``crop=False`` runs autograd on
-whole images with the ReLU rule swapped in; it is the reference, and the path for fc targets.
-
-    >>> rows = torch.tensor([[0, 5, 6, 6]])               # image 0, channel 5 of relu4, at (6, 6)
-    >>> p = project(model, images, rows, layer=4)           # (1, 3, 224, 224)
+window ``[a*s - p, b*s - p + k - 1]``) up to the unit's receptive field in pixels (``zf.net.receptive``).  All rows
+share the window sizes, so thousands of projections run as one batch of small tensors.  ``project_full`` runs
+autograd on whole images with the ReLU rule swapped in; it is the reference, and the path for fc targets.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -39,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zf.errors import ConfigError
-from zf.graph import METHODS
-from zf.layers import Layer, is_stack, resolve_layer
-
-NORMS = ("identity", "gradient")
+from zf.net.layers import Layer, is_stack, resolve_layer
+from zf.net.receptive import geometry
+from zf.projection.rules import relu_rule
+from zf.projection.windows import gather, inside
 
 _POINTWISE_OK = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
 _SUPPORTED = ("Conv2d (dilation 1, zero padding), ReLU, MaxPool2d (dilation 1), LocalResponseNorm, "
@@ -83,11 +78,9 @@ def _check_module(path: str, m: nn.Module) -> None:
                                  f"{_SUPPORTED} (and Linear/ReLU/Dropout in the classifier).")
 
 
-def _stack_obstacle(model: nn.Module) -> str | None:
-    """The first module of ``model.features`` that this module's reverse pass or ``zf.receptive``'s recurrence
+def stack_obstacle(model: nn.Module) -> str | None:
+    """The first module of ``model.features`` that this module's reverse pass or ``zf.net.receptive``'s recurrence
     cannot handle, as ``"features.3 (Conv2d): dilation (2, 2)"``; ``None`` when there is none."""
-    from zf.receptive import geometry
-
     for k, m in model.features.named_children():
         why = _obstacle(m)
         if why is None:
@@ -104,50 +97,34 @@ _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models fast_path ha
 
 
 def fast_path(model: nn.Module) -> bool:
-    """Whether this module's own reverse pass projects ``model``: a ``features`` stack (``zf.layers.is_stack``) of
-    modules it can reverse.  Any other model, including a stack with one module it cannot reverse (warned about
-    once, naming the module), goes through ``zf.graph`` (autograd with the same rules; LRN is then reversed by its
-    gradient, whatever ``norm`` says)."""
+    """Whether this module's own reverse pass projects ``model``: a ``features`` stack (``zf.net.layers.is_stack``)
+    of modules it can reverse.  Any other model, including a stack with one module it cannot reverse (warned about
+    once, naming the module), goes through ``zf.projection.graph`` (autograd with the same rules; LRN is then
+    reversed by its gradient, whatever ``norm`` says)."""
     if not is_stack(model):
         return False
-    why = _stack_obstacle(model)
+    why = stack_obstacle(model)
     if why is not None and model not in _WARNED:
-        import warnings
-
         _WARNED.add(model)
         lrn = any(isinstance(m, nn.LocalResponseNorm) for m in model.features)
-        warnings.warn(f"{type(model).__name__}.features: {why}: zf.deconv's stack path cannot reverse it, so this "
-                      "model is projected through zf.graph (autograd with the same rules, slower)"
+        warnings.warn(f"{type(model).__name__}.features: {why}: zf.projection.stack cannot reverse it, so this "
+                      "model is projected through zf.projection.graph (autograd with the same rules, slower)"
                       + ("; LRN is reversed by its gradient there (norm is ignored)" if lrn else ""), stacklevel=3)
     return why is None
 
 
-def _graph_layer(model: nn.Module, layer, tap: str) -> Layer:
-    """The layer ``zf.graph`` projects for ``layer`` of a model ``fast_path`` turned down."""
-    lay = resolve_layer(model, layer, tap)
-    if is_stack(model) and lay.index is None:
-        raise NotInvertibleError(f"{lay.name} is in the classifier of a features stack projected through zf.graph "
-                                 f"({_stack_obstacle(model)}); choose a layer of model.features")
-    return lay
-
-
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """A layer of a stack this engine reverses, and how far the forward pass runs to reach it."""
+
     layer: Layer
     stop: int  # last index of model.features that runs
     head: int | None  # last index of model.classifier that runs (None: the target is in features)
 
 
-def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> Layer:
-    """The layer ``resolve_layer(model, layer, tap)``, after checking every module between it and the pixels can be
-    reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``).
-    Models that are not ``features`` stacks go through ``zf.graph`` (autograd), which reverses anything."""
-    if not fast_path(model):
-        return _graph_layer(model, layer, tap)
-    return _target(model, layer, tap).layer
-
-
-def _target(model: nn.Module, layer: int | str, tap: str) -> _Target:
+def target(model: nn.Module, layer: int | str, tap: str) -> Target:
+    """The layer ``resolve_layer(model, layer, tap)`` of a stack, after checking every module between it and the
+    pixels can be reversed (``NotInvertibleError`` naming the first that cannot)."""
     lay = resolve_layer(model, layer, tap)
     feats = list(model.features.named_children())
     if lay.index is not None:
@@ -162,7 +139,7 @@ def _target(model: nn.Module, layer: int | str, tap: str) -> _Target:
                                          "reverses Linear, ReLU, Dropout, Identity")
     for k, m in feats[:stop + 1]:
         _check_module(f"features.{k}", m)
-    return _Target(lay, stop, head)
+    return Target(lay, stop, head)
 
 
 def _batch_norm(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -224,15 +201,9 @@ def _forward_head(model: nn.Module, x: torch.Tensor, head: int, relu=F.relu) -> 
 
 
 @torch.no_grad()
-def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: str = "relu") -> torch.Tensor:
-    """The activations of ``layer`` at ``tap`` (see ``zf.layers``) for images (N, 3, H, W): (N, C, h, w), or
-    (N, C, 1, 1) for a classifier layer.  Eval semantics whatever ``model.training`` is.  Any other model: the
-    output of the module ``layer`` names (``zf.graph.graph_activations``)."""
-    if not fast_path(model):
-        from zf.graph import graph_activations
-
-        return graph_activations(model, images, resolve_layer(model, layer, tap).path)
-    t = _target(model, layer, tap)
+def activations(model: nn.Module, t: Target, images: torch.Tensor) -> torch.Tensor:
+    """The activations of target ``t`` for images (N, 3, H, W): (N, C, h, w), or (N, C, 1, 1) for a classifier
+    layer; eval semantics whatever ``model.training`` is."""
     x, _ = _forward_features(model.features, images, t.stop)
     if t.head is not None:
         x = _forward_head(model, x, t.head)[:, :, None, None]
@@ -240,37 +211,6 @@ def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: s
 
 
 # --- reverse pass on windows ---
-
-
-def _window_index(o: torch.Tensor, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions o[:, None] + arange(size) clamped into [0, size_of_map n), and whether each was inside: (R, size)."""
-    pos = o[:, None] + torch.arange(size, device=o.device)
-    return pos.clamp(0, n - 1), (pos >= 0) & (pos < n)
-
-
-def _gather(t: torch.Tensor, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, h: int, w: int):
-    """Windows of t (N, C, H, W): for each row r, t[img[r], :, oy[r]:oy[r]+h, ox[r]:ox[r]+w] -> (R, C, h, w), with
-    clamped values outside the map, and the (R, 1, h, w) bool mask of positions inside it."""
-    _, c, hh, ww = t.shape
-    ys, vy = _window_index(oy, hh, h)
-    xs, vx = _window_index(ox, ww, w)
-    ch = torch.arange(c, device=t.device)
-    out = t[img[:, None, None, None], ch[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
-    return out, vy[:, None, :, None] & vx[:, None, None, :]
-
-
-def _inside(oy, ox, h, w, hh, ww) -> torch.Tensor:
-    _, vy = _window_index(oy, hh, h)
-    _, vx = _window_index(ox, ww, w)
-    return vy[:, None, :, None] & vx[:, None, None, :]
-
-
-def _relu_rule(sig: torch.Tensor, mask: torch.Tensor | None, method: str) -> torch.Tensor:
-    if method == "deconvnet":
-        return sig.clamp_min(0)
-    if method == "guided":
-        sig = sig.clamp_min(0)
-    return torch.where(mask, sig, torch.zeros((), dtype=sig.dtype, device=sig.device))
 
 
 def _channel_window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -303,10 +243,10 @@ def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, si
             (sy, sx), (py, px) = _pair(m.stride), _pair(m.padding)
             sig = F.conv_transpose2d(sig, m.weight, stride=(sy, sx), groups=m.groups)
             oy, ox = oy * sy - py, ox * sx - px
-            sig = sig * _inside(oy, ox, sig.shape[2], sig.shape[3], hh, ww)  # padding is not part of the map
+            sig = sig * inside(oy, ox, sig.shape[2], sig.shape[3], hh, ww)  # padding is not part of the map
         elif isinstance(m, nn.MaxPool2d):
             (ky, kx), (sy, sx), (py, px) = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
-            idx, ok = _gather(rec.switches, img, oy, ox, h, w)
+            idx, ok = gather(rec.switches, img, oy, ox, h, w)
             oy, ox = oy * sy - py, ox * sx - px
             h2, w2 = (h - 1) * sy + ky, (w - 1) * sx + kx
             ry = torch.div(idx, ww, rounding_mode="floor") - oy[:, None, None, None]
@@ -315,11 +255,11 @@ def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, si
             # scatter_add: windows that share an input location add up there (the max-pool gradient)
             sig = sig.new_zeros(r, c, h2 * w2).scatter_add_(2, flat, sig.reshape(r, c, h * w)).view(r, c, h2, w2)
         elif isinstance(m, nn.ReLU):
-            mask = None if method == "deconvnet" else _gather(rec.mask, img, oy, ox, h, w)[0]
-            sig = _relu_rule(sig, mask, method)
+            mask = None if method == "deconvnet" else gather(rec.mask, img, oy, ox, h, w)[0]
+            sig = relu_rule(sig, mask, method)
         elif isinstance(m, nn.LocalResponseNorm):
             if norm == "gradient":  # LRN mixes channels at one pixel only, so the window's inputs suffice
-                sig = _lrn_vjp(m, _gather(rec.saved, img, oy, ox, h, w)[0], sig)
+                sig = _lrn_vjp(m, gather(rec.saved, img, oy, ox, h, w)[0], sig)
         elif isinstance(m, nn.BatchNorm2d):
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:
@@ -340,7 +280,7 @@ def _fit(sig: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, hh: int, ww: int
     # new window origin: 0 on an axis that is cut, unchanged otherwise; read sig at (new - old) origin offsets
     zy = torch.zeros_like(oy) if h > hh else oy
     zx = torch.zeros_like(ox) if w > ww else ox
-    part, ok = _gather(sig, torch.arange(r, device=sig.device), zy - oy, zx - ox, ny, nx)
+    part, ok = gather(sig, torch.arange(r, device=sig.device), zy - oy, zx - ox, ny, nx)
     return torch.where(ok, part, 0), zy, zx
 
 
@@ -357,7 +297,7 @@ class _ReLURule(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (mask,) = ctx.saved_tensors
-        return _relu_rule(g, mask, ctx.method), None
+        return relu_rule(g, mask, ctx.method), None
 
 
 class _SkipBackward(torch.autograd.Function):
@@ -372,7 +312,7 @@ class _SkipBackward(torch.autograd.Function):
         return g, None
 
 
-def _forward_rule(model: nn.Module, t: _Target, x: torch.Tensor, method: str, norm: str) -> torch.Tensor:
+def _forward_rule(model: nn.Module, t: Target, x: torch.Tensor, method: str, norm: str) -> torch.Tensor:
     """Forward x (N, 3, H, W) to the target with autograd, with the method's ReLU rule and the norm rule as
     backward; returns (N, C, h, w) (or (N, C, 1, 1) for a classifier target)."""
     relu = lambda v: _ReLURule.apply(v, method)  # noqa: E731
@@ -393,7 +333,7 @@ def _forward_rule(model: nn.Module, t: _Target, x: torch.Tensor, method: str, no
     return x
 
 
-def _project_full(model, t, images, rows, method, seed, norm):
+def _project_rows(model, t, images, rows, method, seed, norm):
     x = images[rows[:, 0]].detach().requires_grad_(True)
     with torch.enable_grad():
         acts = _forward_rule(model, t, x, method, norm)
@@ -405,23 +345,12 @@ def _project_full(model, t, images, rows, method, seed, norm):
         return torch.autograd.grad(acts, x, g)[0]
 
 
-# --- public API ---
-
-
 def _check_rows(rows: torch.Tensor, shape, layer: Layer) -> None:
     _, c, h, w = shape
     for j, (name, n) in enumerate((("channel", c), ("y", h), ("x", w)), start=1):
         col = rows[:, j]
         if len(col) and (int(col.min()) < 0 or int(col.max()) >= n):
             raise IndexError(f"rows: {name} out of range for {layer.name} ({layer.path}) with maps {tuple(shape[1:])}")
-
-
-def _check_args(images, rows, method, seed, norm):
-    from zf.graph_project import check_inputs
-
-    if norm not in NORMS:
-        raise ConfigError(f"norm={norm!r}: use one of {NORMS}")
-    return check_inputs(images, rows, method, seed)
 
 
 def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float = 2 ** 28) -> int:
@@ -439,28 +368,9 @@ def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float 
     return int(max(1, min(4096, budget // per_row)))
 
 
-def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
-                    method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-                    batch_size: int | None = None, images_per_chunk: int = 32):
-    """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, t)
-    the projections inside each unit's receptive field (s = t = ``zf.receptive`` size, zero outside the image; a
-    side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
-    window in the image (may be negative).  Mining crops patches from these
-    without ever building (R, 3, H, W).  Any other model: ``zf.graph.project_graph`` cut to the same windows
-    (``batch_size`` is its ``chunk``)."""
-    rows = _check_args(images, rows, method, seed, norm)
-    if not fast_path(model):
-        from zf.graph_project import graph_windows
-
-        return graph_windows(model, images, rows, _graph_layer(model, layer, tap).path, method, seed, batch_size)
-    t = _target(model, layer, tap)
-    if t.head is not None:
-        raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
-                         "project(..., crop=False)")
-    return _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
-
-
-def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk):
+def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk):
+    """Projections of ``rows`` (checked) inside their receptive-field windows and the windows' corners (see
+    ``zf.projection.api.project_windows``)."""
     dev = images.device
     out, corners = None, torch.zeros(len(rows), 2, dtype=torch.long, device=dev)
     order = torch.argsort(rows[:, 0], stable=True)
@@ -494,64 +404,14 @@ def _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_
     return out, corners
 
 
-def _paste(win: torch.Tensor, corners: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Windows (R, C, s, s) with top-left corners (R, 2) onto a zero canvas (R, C, H, W), clipped at the borders."""
-    r, c, h, w = win.shape
-    hh, ww = hw
-    ys, vy = _window_index(corners[:, 0], hh, h)
-    xs, vx = _window_index(corners[:, 1], ww, w)
-    ok = vy[:, None, :, None] & vx[:, None, None, :]
-    flat = (ys[:, None, :, None] * ww + xs[:, None, None, :]).expand(r, c, h, w).reshape(r, c, -1)
-    vals = torch.where(ok, win, 0).reshape(r, c, -1)  # clamped positions outside add zeros
-    return win.new_zeros(r, c, hh * ww).scatter_add_(2, flat, vals).view(r, c, hh, ww)
-
-
-def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
-            method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-            crop: bool = True, batch_size: int | None = None, images_per_chunk: int = 32) -> torch.Tensor:
-    """Project single activations down to pixel space (section 2.1).
-
-    Args:
-        model: a network with ``features`` (and ``classifier``): zfnet, torchvision AlexNet / VGG16.  Its
-            ``training`` flag is ignored: dropout is off and batch norm uses running statistics.
-        images: (N, 3, H, W) normalised model inputs.
-        rows: (R, 4) long, one projection per row: (image index into ``images``, channel, y, x) of the activation at
-            the layer's tap (y = x = 0 for a classifier layer).  Rows may mix images, channels and positions.
-        layer: anything ``zf.layers.resolve_layer`` takes: 1..5, ``"conv4"``, ``"pool5"``, ``"fc6"``, ``"features.9"``.
-        method: ``"deconvnet"`` (the paper), ``"guided"`` or ``"gradient"`` (see the module docstring).
-        seed: ``"activation"`` (the signal starts at the activation's value, as in the paper) or ``"one"``
-            (1.0: the result is then the gradient-like map of the unit, as captum's Neuron* methods give).
-        tap: ``"relu"``, ``"conv"`` or ``"output"`` (see ``zf.layers``).
-        norm: LRN in the reverse path: ``"identity"`` (skipped) or ``"gradient"`` (its vector-Jacobian product).
-        crop: reverse on receptive-field windows (fast; the default).  ``False``: autograd on whole images (the
-            reference; always used for classifier layers).
-        batch_size: rows per reverse batch (default: sized to keep the window tensors near 256 MB with ``crop``,
-            8 rows without).
-        images_per_chunk: distinct images per forward pass (``crop`` only).
-
-    Any model that is not a ``features`` stack (``zf.layers.is_stack``: ResNet, DenseNet, GoogLeNet, ...) goes
-    through ``zf.graph.project_graph``: ``layer`` is a module path, ``tap`` and ``norm`` are ignored,
-    ``batch_size`` is its ``chunk`` and ``crop=False`` turns its receptive-field crops off.
-
-    Returns:
-        (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.receptive.unit_box``).
-    """
-    rows = _check_args(images, rows, method, seed, norm)
-    if not fast_path(model):
-        from zf.graph import project_graph
-
-        return project_graph(model, images, rows, _graph_layer(model, layer, tap).path, method, seed,
-                             chunk=batch_size, crop=None if crop else False)
-    t = _target(model, layer, tap)
-    if crop and t.head is None:
-        win, corners = _windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
-        return _paste(win, corners, tuple(images.shape[2:]))
-    bs = batch_size or 8
+def project_full(model, t: Target, images, rows, method, seed, norm, batch_size):
+    """Projections of ``rows`` (checked) on whole images by autograd with the ReLU and LRN rules swapped in,
+    ``batch_size`` rows at a time: (R, 3, H, W)."""
     out = images.new_zeros(len(rows), *images.shape[1:])
-    for b0 in range(0, len(rows), bs):
-        out[b0:b0 + bs] = _project_full(model, t, images, rows[b0:b0 + bs], method, seed, norm)
+    for b0 in range(0, len(rows), batch_size):
+        out[b0:b0 + batch_size] = _project_rows(model, t, images, rows[b0:b0 + batch_size], method, seed, norm)
     return out
 
 
-__all__ = ["project", "project_windows", "activations", "check_invertible", "fast_path", "NotInvertibleError",
-           "METHODS"]
+__all__ = ["NotInvertibleError", "Target", "target", "fast_path", "stack_obstacle", "activations", "windows",
+           "project_full"]

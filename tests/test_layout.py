@@ -1,0 +1,103 @@
+"""The package's layout (docs/ARCHITECTURE.md): subpackages in layers that import only downward, no import cycle
+between modules, no import inside a function except of an optional extra, no private name imported from another
+module."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "zf"
+#: bottom to top; a module may import its own layer's modules and those of the layers below
+LAYERS = [("zf.errors", "zf.faults", "zf.data", "zf.tracking"), ("zf.net",), ("zf.projection",), ("zf.mining",),
+          ("zf.views",), ("zf.training",), ("zf.experiments",), ("zf.jobs",), ("zf.edge",)]
+#: imported inside functions only: optional extras, and matplotlib (its backend is picked at first use)
+LAZY_OK = ("matplotlib", "wandb", "timm", "safetensors")
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for p in sorted(ROOT.rglob("*.py")):
+        parts = p.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = ast.parse(p.read_text(), str(p))
+    return out
+
+
+def layer(name: str) -> int:
+    for i, group in enumerate(LAYERS):
+        if any(name == g or name.startswith(g + ".") for g in group):
+            return i
+    return -1  # the package's __init__
+
+
+def zf_imports(tree: ast.Module, top_only: bool):
+    nodes = tree.body if top_only else ast.walk(tree)
+    for n in nodes:
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("zf"):
+            yield n, n.module, [a.name for a in n.names]
+        elif isinstance(n, ast.Import):
+            for a in n.names:
+                if a.name.startswith("zf"):
+                    yield n, a.name, []
+
+
+def test_imports_go_down_only():
+    mods = modules()
+    wrong = []
+    for name, tree in mods.items():
+        for _, target, names in zf_imports(tree, top_only=False):
+            for full in [f"{target}.{n}" for n in names if f"{target}.{n}" in mods] or [target]:
+                if layer(full) > layer(name):
+                    wrong.append(f"{name} imports {full}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycle():
+    mods = modules()
+    graph = {}
+    for name, tree in mods.items():
+        deps = set()
+        for _, target, names in zf_imports(tree, top_only=False):
+            deps |= {f"{target}.{n}" for n in names if f"{target}.{n}" in mods} or {target}
+        graph[name] = {d for d in deps if d in mods and d != name}
+    state: dict[str, int] = {}
+
+    def visit(n, path):
+        state[n] = 1
+        for d in graph[n]:
+            if state.get(d) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path + [n, d]))
+            if d not in state:
+                visit(d, path + [n])
+        state[n] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [])
+
+
+def test_no_import_inside_functions_but_extras():
+    lazy = []
+    for name, tree in modules().items():
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for m in ast.walk(n):
+                    if isinstance(m, (ast.Import, ast.ImportFrom)):
+                        mod = m.module if isinstance(m, ast.ImportFrom) else m.names[0].name
+                        if not (mod or "").startswith(LAZY_OK):
+                            lazy.append(f"{name}:{m.lineno} {mod}")
+    assert not lazy, lazy
+
+
+def test_no_private_names_across_modules():
+    found = [f"{name} imports {target}.{n}" for name, tree in modules().items()
+             for _, target, names in zf_imports(tree, top_only=False) for n in names if n.startswith("_")]
+    assert not found, found
+
+
+def test_no_module_getattr():
+    found = [name for name, tree in modules().items()
+             if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)]
+    assert not found, found

@@ -1,0 +1,118 @@
+"""Projections of single activations down to pixel space (the deconvnet of section 2.1, guided backpropagation
+and the gradient), whatever the network: the entry points ``project``, ``project_windows``, ``activations`` and
+``check_invertible``.  Each picks the engine: ``zf.projection.stack`` (windows on a ``features`` stack of leaf modules
+it can reverse: zfnet, AlexNet, VGG) or ``zf.projection.graph`` (autograd on any network); both apply the rules of
+``zf.projection.rules``.
+
+    >>> rows = torch.tensor([[0, 5, 6, 6]])               # image 0, channel 5 of relu4, at (6, 6)
+    >>> p = project(model, images, rows, layer=4)           # (1, 3, 224, 224)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zf.net.layers import Layer, is_stack, resolve_layer
+from zf.projection import stack
+from zf.projection.graph import graph_activations, graph_windows, project_graph
+from zf.projection.rules import METHODS, NORMS, check_options
+from zf.projection.stack import NotInvertibleError, fast_path
+from zf.projection.windows import check_inputs, paste
+
+
+def graph_layer(model: nn.Module, layer, tap: str) -> Layer:
+    """The layer the graph engine projects for ``layer`` of a model ``fast_path`` turned down."""
+    lay = resolve_layer(model, layer, tap)
+    if is_stack(model) and lay.index is None:
+        raise NotInvertibleError(f"{lay.name} is in the classifier of a features stack projected through "
+                                 f"zf.projection.graph ({stack.stack_obstacle(model)}); choose a layer of "
+                                 "model.features")
+    return lay
+
+
+def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> Layer:
+    """The layer ``resolve_layer(model, layer, tap)``, after checking every module between it and the pixels can be
+    reversed; raises ``NotInvertibleError`` naming the first module that cannot (``features.3 (AvgPool2d)``).
+    Models that are not ``features`` stacks go through the graph engine (autograd), which reverses anything."""
+    if not fast_path(model):
+        return graph_layer(model, layer, tap)
+    return stack.target(model, layer, tap).layer
+
+
+@torch.no_grad()
+def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: str = "relu") -> torch.Tensor:
+    """The activations of ``layer`` at ``tap`` (see ``zf.net.layers``) for images (N, 3, H, W): (N, C, h, w), or
+    (N, C, 1, 1) for a classifier layer.  Eval semantics whatever ``model.training`` is.  Any other model: the
+    output of the module ``layer`` names (``zf.projection.graph.graph_activations``)."""
+    if not fast_path(model):
+        return graph_activations(model, images, resolve_layer(model, layer, tap).path)
+    return stack.activations(model, stack.target(model, layer, tap), images)
+
+
+def _check_args(images, rows, method, seed, norm):
+    check_options(method, seed, norm)
+    return check_inputs(images, rows, method, seed)
+
+
+def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
+                    method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
+                    batch_size: int | None = None, images_per_chunk: int = 32):
+    """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, t)
+    the projections inside each unit's receptive field (s = t = ``zf.net.receptive`` size, zero outside the image; a
+    side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
+    window in the image (may be negative).  Mining crops patches from these
+    without ever building (R, 3, H, W).  Any other model: ``zf.projection.graph.project_graph`` cut to the same windows
+    (``batch_size`` is its ``chunk``)."""
+    rows = _check_args(images, rows, method, seed, norm)
+    if not fast_path(model):
+        return graph_windows(model, images, rows, graph_layer(model, layer, tap).path, method, seed, batch_size)
+    t = stack.target(model, layer, tap)
+    if t.head is not None:
+        raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
+                         "project(..., crop=False)")
+    return stack.windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
+
+
+def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
+            method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
+            crop: bool = True, batch_size: int | None = None, images_per_chunk: int = 32) -> torch.Tensor:
+    """Project single activations down to pixel space (section 2.1).
+
+    Args:
+        model: a network with ``features`` (and ``classifier``): zfnet, torchvision AlexNet / VGG16.  Its
+            ``training`` flag is ignored: dropout is off and batch norm uses running statistics.
+        images: (N, 3, H, W) normalised model inputs.
+        rows: (R, 4) long, one projection per row: (image index into ``images``, channel, y, x) of the activation at
+            the layer's tap (y = x = 0 for a classifier layer).  Rows may mix images, channels and positions.
+        layer: anything ``zf.net.layers.resolve_layer`` takes: 1..5, ``"conv4"``, ``"pool5"``, ``"fc6"``,
+        ``"features.9"``. method: ``"deconvnet"`` (the paper), ``"guided"`` or ``"gradient"`` (see the module
+        docstring). seed: ``"activation"`` (the signal starts at the activation's value, as in the paper) or ``"one"``
+            (1.0: the result is then the gradient-like map of the unit, as captum's Neuron* methods give).
+        tap: ``"relu"``, ``"conv"`` or ``"output"`` (see ``zf.net.layers``).
+        norm: LRN in the reverse path: ``"identity"`` (skipped) or ``"gradient"`` (its vector-Jacobian product).
+        crop: reverse on receptive-field windows (fast; the default).  ``False``: autograd on whole images (the
+            reference; always used for classifier layers).
+        batch_size: rows per reverse batch (default: sized to keep the window tensors near 256 MB with ``crop``,
+            8 rows without).
+        images_per_chunk: distinct images per forward pass (``crop`` only).
+
+    Any model that is not a ``features`` stack (``zf.net.layers.is_stack``: ResNet, DenseNet, GoogLeNet, ...) goes
+    through ``zf.projection.graph.project_graph``: ``layer`` is a module path, ``tap`` and ``norm`` are ignored,
+    ``batch_size`` is its ``chunk`` and ``crop=False`` turns its receptive-field crops off.
+
+    Returns:
+        (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.net.receptive.unit_box``).
+    """
+    rows = _check_args(images, rows, method, seed, norm)
+    if not fast_path(model):
+        return project_graph(model, images, rows, graph_layer(model, layer, tap).path, method, seed,
+                             chunk=batch_size, crop=None if crop else False)
+    t = stack.target(model, layer, tap)
+    if crop and t.head is None:
+        win, corners = stack.windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
+        return paste(win, corners, tuple(images.shape[2:]))
+    return stack.project_full(model, t, images, rows, method, seed, norm, batch_size or 8)
+
+
+__all__ = ["project", "project_windows", "activations", "check_invertible", "fast_path", "graph_layer",
+           "NotInvertibleError", "METHODS", "NORMS"]

@@ -1,0 +1,1 @@
+"""Training: the loop (``train.fit``), its checkpoints, and a whole training run (``train.fit_task``)."""
