@@ -67,6 +67,13 @@ def create_app(explorer: Explorer, max_bytes: int = 20 * 2 ** 20) -> Flask:
             raise RequestError(f"the request lacks {name}=", 400)
         return v
 
+    @app.before_request
+    def refuse_absolute():  # "/files/<run>//etc/passwd" matches no route (a path never starts with "/"): say why
+        if request.path.startswith("/files/"):
+            sub = request.path[len("/files/"):].partition("/")[2]
+            if sub.startswith("/"):
+                safe_file(Path("/nonexistent"), sub)  # raises its 403
+
     @app.get("/")
     def index():
         return send_file(STATIC / "index.html", mimetype="text/html", max_age=0)

@@ -141,6 +141,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
+    except Image.DecompressionBombError as e:
+        raise RequestError(f"the image is too large to open safely ({e}); use a smaller image", 413) from None
     except Exception:
         raise RequestError("that file is not an image zf can read: choose a JPEG, PNG, GIF, BMP, TIFF or WebP "
                            "file", 415) from None
@@ -178,7 +180,12 @@ class ImageStore:
 
     def add(self, data: bytes) -> str:
         img = decode_image(data, self.max_pixels)  # refuse a non-image now, not at the first grid
-        img.close()
+        try:
+            with img:
+                img.load()
+        except Exception:
+            raise RequestError("that file is not an image zf can read (it is truncated or damaged): choose another "
+                               "one", 415) from None
         key = uuid.uuid4().hex
         with self._lock:
             self._items[key] = {"data": bytes(data), "inputs": {}, "acts": collections.OrderedDict()}
@@ -324,14 +331,15 @@ class Explorer:
     def grid(self, run_name, image_id: str, layer: str) -> dict:
         """Every channel's activation map of ``layer`` on the image, as one PNG sprite (channel c at row c // cols,
         column c % cols, each tile h x w), all on one scale: 0 black, the layer's largest activation on this image
-        white (negative values, at ``tap=conv``, black), so strong channels stand out as in the DeepVis toolbox.
+        white, the square root between (weak responses of sparse deep layers stay visible; negative values, at
+        ``tap=conv``, black), so strong channels stand out as in the DeepVis toolbox.
         ``peak``: each channel's largest activation; ``strongest``: the channel with the largest."""
         run = self.run(run_name)
         raw, acts = self.activations(run, image_id, layer)
         c, h, w = acts.shape
         peak = acts.reshape(c, -1).amax(1)
         top = float(peak.max()) if c else 0.0
-        tiles = (acts / top).clamp(0, 1) if top > 0 else torch.zeros_like(acts)
+        tiles = (acts / top).clamp(0, 1).sqrt() if top > 0 else torch.zeros_like(acts)
         tiles = (tiles * 255 + 0.5).to(torch.uint8).numpy()
         cols = max(1, math.ceil(math.sqrt(c)))
         rows = math.ceil(c / cols)
