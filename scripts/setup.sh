@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11) and installs zf (editable) with its optional extras: test, slurm (hydra-submitit-launcher)
+# Creates .venv (Python 3.11) and installs zf (editable) with its optional extras: test, slurm (hydra-submitit-launcher),
 # timm and explore (Flask) by default; ZF_EXTRAS=test (or any comma list) installs fewer.  Safe to re-run: it installs only what is
 # missing.
 set -euo pipefail

@@ -10,6 +10,7 @@ of the unit, computed here (decoded from the page's PNG, equal within rounding).
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import io
 import json
@@ -34,7 +35,7 @@ from zf.explore import is_loopback, main  # noqa: E402
 from zf.explore.app import serve_in_thread  # noqa: E402
 from zf.models import load_zfnet  # noqa: E402
 from zf.receptive import receptive_fields, unit_box  # noqa: E402
-from zf.visualize import display  # noqa: E402
+from zf.visualize import crop_boxes, display, view_boxes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = [0, 1, 2, 3]
@@ -118,8 +119,10 @@ def reference(run_dir):
         p = project(model, x, torch.tensor([[0, unit, y, xx]]), layer, method=method, seed=summary["seed_mode"],
                     tap=summary["tap"], norm=summary["norm"])[0]
         b = unit_box(rfs[layer], y, xx, 224)
-        return display(p[:, b.cy0:b.cy1, b.cx0:b.cx1]), float(a[y, xx])
+        view = view_boxes(torch.tensor([[b.y0, b.y1, b.x0, b.x1]]), 224, 224)
+        return display(crop_boxes(p[None], view, fill=0.0)[0]), float(a[y, xx])
 
+    @functools.lru_cache(maxsize=None)
     def peaks(path: Path, layer: str) -> np.ndarray:
         return activations(model, prepare(path), layer, summary["tap"])[0].amax((1, 2)).numpy()
 
@@ -153,6 +156,24 @@ def test_grid_and_unit_agree_with_zf(server, images, reference, run_dir):
         assert status == 200 and ctype == "image/png" and data == (run_dir / t["patch"]).read_bytes()
     status, page, _ = request(server, "GET", f"/files/{run_dir.name}/{u['gallery'].split('#')[0]}")
     assert status == 200 and b"<html" in page.lower()
+
+
+def test_a_units_top_image_gives_back_the_runs_own_top_projection(server, run_dir):
+    """The original file of a unit's rank-0 image: its strongest activation is the mined one, at the mined place,
+    and the projection the explorer shows is the run's own rank-0 tile (stored as float16, so within 2 levels)."""
+    from zf.results import TopK
+
+    table = TopK.load(run_dir / "layers" / "relu5" / "topk.npz")
+    paths = json.loads((run_dir / "images.json").read_text())
+    i = int(np.argmax(table.activation[:, 0]))
+    unit = int(table.units[i])
+    iid = upload(server, Path(paths[table.image[i, 0]]).read_bytes())
+    status, u, _ = get(server, "/api/unit", image=iid, layer="relu5", unit=unit)
+    assert status == 200 and (u["y"], u["x"]) == (table.y[i, 0], table.x[i, 0])
+    assert u["value"] == pytest.approx(float(table.activation[i, 0]), rel=1e-5)
+    assert u["box"] == table.box[i, 0].tolist()
+    tile = np.asarray(Image.open(run_dir / u["top"][0]["projection"]).convert("RGB"))
+    assert np.abs(decode(u["projection"]).astype(int) - tile.astype(int)).max() <= 2
 
 
 def test_unit_outside_the_rendered_units_has_no_top_but_a_projection(server, images):
@@ -264,6 +285,29 @@ def test_command_line_refuses_a_folder_that_is_not_a_run_and_warns_for_other_hos
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
 
 
+def test_script_serves_the_run_as_the_readme_says(run_dir):
+    """``python scripts/explore.py run=<run> port=0``: a stranger's command, in its own process."""
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
+    p = subprocess.Popen([sys.executable, str(REPO / "scripts" / "explore.py"), f"run={run_dir}", "port=0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = [p.stdout.readline(), p.stdout.readline()]
+        assert lines[0].startswith("loading the model of") and lines[1].startswith("zf explorer: http://127.0.0.1:")
+        url = lines[1].split()[2]
+        with urllib.request.urlopen(url + "/", timeout=30) as r:
+            assert r.status == 200 and b"/static/explore.js" in r.read()
+        with urllib.request.urlopen(url + "/api/runs", timeout=30) as r:
+            runs = json.loads(r.read())["runs"]
+        assert [r["name"] for r in runs] == [run_dir.name] and [l["name"] for l in runs[0]["layers"]] == LAYERS
+    finally:
+        p.terminate()
+        p.wait(30)
+        p.stdout.close()
+        p.stderr.close()
+
+
 # ---- in the browser -----------------------------------------------------------------------------------------------
 
 
@@ -338,4 +382,6 @@ def test_page_upload_click_unit_projection_and_top9(driver, server, images, refe
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "explore.png"))
     if os.environ.get("ZF_DOCS_SCREENSHOT"):
-        driver.save_screenshot(str(REPO / "docs" / "figures" / "explorer.png"))
+        shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+        shot.quantize(256, method=Image.Quantize.MEDIANCUT).save(REPO / "docs" / "figures" / "explorer.png",
+                                                                  optimize=True)

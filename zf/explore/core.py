@@ -353,11 +353,12 @@ class Explorer:
 
     def unit(self, run_name, image_id: str, layer: str, unit, method: str | None = None) -> dict:
         """One unit on the image: its map over the image, the box of its strongest activation, the projection of
-        that activation with ``method`` (``zf.deconv.project``; the run's seed mode, tap and norm) cropped to the
-        box and shown as the run shows projections (``zf.visualize.display``), and the run's top-k for it."""
+        that activation with ``method`` (``zf.deconv.project``; the run's seed mode, tap and norm) in the run's view
+        of the box (``zf.visualize.view_boxes``: grey beyond the image) and shown as the run shows its projections
+        (``zf.visualize.display``), and the run's top-k for it."""
         from ..deconv import METHODS, project
         from ..receptive import unit_box
-        from ..visualize import display
+        from ..visualize import crop_boxes, display, view_boxes
 
         run = self.run(run_name)
         layer = run.check_layer(layer)
@@ -381,20 +382,24 @@ class Explorer:
         out = {"run": run.name, "layer": layer, "unit": unit, "method": method, "y": y, "x": x, "value": value,
                "fires": value > 0, "map": png_uri(self._overlay(raw, a, rf)), "box": None, "projection": None,
                "projection_box": None}
+        view = [0, size[0], 0, size[1]]
         if rf is not None:
             b = unit_box(rf, y, x, tuple(size))
             out["box"] = [b.y0, b.y1, b.x0, b.x1]
-            out["projection_box"] = [b.cy0, b.cy1, b.cx0, b.cx1]
+            view = [int(v) for v in view_boxes(np.array([out["box"]]), *size)[0]]
+        out["projection_box"] = view
         if value > 0:
             model = run.load()
             rows = torch.tensor([[0, unit, y, x]], dtype=torch.long, device=run.device)
             with self.lock:
                 p = project(model, run.normalize(raw[None].to(run.device)), rows, layer, method=method,
-                            seed=run.seed_mode, tap=run.tap, norm=run.norm)[0].float().cpu()
-            y0, y1, x0, x1 = out["projection_box"] or [0, size[0], 0, size[1]]
+                            seed=run.seed_mode, tap=run.tap, norm=run.norm).float().cpu()
+            # the run's view of a projection: the receptive field (cut to the image where larger), zero beyond the
+            # image, stretched by the run's display mode (as zf.render draws the top k)
+            p = crop_boxes(p, torch.tensor([view]), fill=0.0)[0]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out["projection"] = png_uri(display(p[:, y0:y1, x0:x1], run.display_mode))
+                out["projection"] = png_uri(display(p, run.display_mode))
         out.update(self.top(run, layer, unit, method))
         return out
 
