@@ -285,6 +285,24 @@ def test_command_line_refuses_a_folder_that_is_not_a_run_and_warns_for_other_hos
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
 
 
+def test_a_folder_of_runs_lists_the_runs_in_it(run_dir, tmp_path):
+    from zf.explore.core import Explorer, RequestError, find_runs
+
+    (tmp_path / "b-run").symlink_to(run_dir)
+    (tmp_path / "a-run").symlink_to(run_dir)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "summary.json").write_text("{}")  # no layers/: not a run
+    runs = find_runs(tmp_path)
+    assert list(runs) == ["a-run", "b-run"]
+    ex = Explorer(runs)
+    assert ex.run("b-run").layers == LAYERS
+    with pytest.raises(RequestError, match="run='notes' is not a run this server was started on") as e:
+        ex.run("notes")
+    assert e.value.status == 404
+    with pytest.raises(RequestError, match="not a run this server"):
+        ex.run(None)  # two runs: a request must name one
+
+
 def test_script_serves_the_run_as_the_readme_says(run_dir):
     """``python scripts/explore.py run=<run> port=0``: a stranger's command, in its own process."""
     import urllib.request
