@@ -273,7 +273,7 @@ def test_concurrent_users_each_get_their_own_image(server, images, reference):
         assert got[i][1] == pytest.approx(float(want[i][i % 4]), rel=1e-4, abs=1e-5)
 
 
-def test_command_line_refuses_a_folder_that_is_not_a_run_and_warns_for_other_hosts(tmp_path, capsys):
+def test_command_line_refuses_a_folder_that_is_not_a_run_and_warns_for_other_hosts(run_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([f"run={tmp_path / 'empty'}", "host=0.0.0.0"]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -281,6 +281,14 @@ def test_command_line_refuses_a_folder_that_is_not_a_run_and_warns_for_other_hos
     assert err[1].startswith("error: run=") and "is not a run of scripts/run.py" in err[1] and len(err) == 2
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as busy:  # a port in use: one line, exit 2 (werkzeug alone would exit 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main([str(run_dir), f"port={busy.getsockname()[1]}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot listen on 127.0.0.1:") and "port=" in err[0]
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
 

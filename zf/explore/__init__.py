@@ -59,6 +59,16 @@ def _argv(argv) -> list[str]:
     return out
 
 
+def _check_port(host: str, port: int) -> None:
+    """Raise ``OSError`` if ``host:port`` cannot be listened on (in use, no such address)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+
+
 def main(argv=None) -> int:
     """The command line: serve the explorer until Ctrl-C.  A user error (a folder that is not a run, a port in
     use) is one line ``error: ...`` and exit status 2."""
@@ -87,6 +97,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        _check_port(args.host, args.port)  # werkzeug would print its own lines and exit 1
         server = Server(create_app(explorer, int(args.max_mb * 2 ** 20)), args.host, args.port)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another port=...",
