@@ -38,7 +38,8 @@ def test_wheel_ships_the_default_checkpoint(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("zf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"zf/weights/zfnet_imagenette.pt", "zf/weights/zfnet_imagenette.json", "zf/weights/MODEL_CARD.md",
-            "zf/weights/evolution/features_epoch050.pt"} <= names
+            "zf/weights/evolution/features_epoch050.pt", "zf/explore/static/index.html",
+            "zf/explore/static/explore.js", "zf/explore/static/explore.css"} <= names
     site = tmp_path / "site"
     subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True, cwd=tmp_path)
     shutil.rmtree(src)  # nothing may come from the source copy
