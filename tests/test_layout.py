@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "zf"
 #: bottom to top; a module may import its own layer's modules and those of the layers below
-LAYERS = [("zf.errors", "zf.faults", "zf.data", "zf.tracking"), ("zf.net",), ("zf.projection",), ("zf.mining",),
+LAYERS = [("zf.errors", "zf.faults", "zf.data", "zf.download", "zf.tracking"),
+          ("zf.net",), ("zf.projection",), ("zf.mining",),
           ("zf.views",), ("zf.training",), ("zf.experiments",), ("zf.jobs",), ("zf.edge",)]
 #: imported inside functions only: optional extras, and matplotlib (its backend is picked at first use)
 LAZY_OK = ("matplotlib", "wandb", "timm", "safetensors")
