@@ -2,7 +2,7 @@
 
     python scripts/gallery.py outputs/2024-05-01/12-00-00 [--layers conv1 conv5]
 
-Open the printed index.html in a browser (file:// works; no server needed).  See zf.gallery.  The same as
+Open the printed index.html in a browser (file:// works; no server needed).  See zf.views.gallery.  The same as
 ``zf gallery <run dir>`` (``zf.edge.command.gallery``).
 """
 from zf.edge.command import gallery
