@@ -214,7 +214,7 @@ def _sub(word: str, subs: dict, tmp: Path) -> str:
 
 
 @pytest.mark.parametrize("command", [pytest.param(c, marks=[pytest.mark.slow] if RUNS.get(c, {}).get("slow", True)
-                                                  else [], id=c[7:80]) for c in readme_commands()])
+                                                  else [], id=c[7:]) for c in readme_commands()])
 def test_readme_command_runs(project, command):
     if command not in RUNS:
         pytest.fail(f"no entry in RUNS for the README command {command!r}")

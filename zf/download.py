@@ -97,9 +97,9 @@ def fetch_imagenette(dest: str | os.PathLike, url: str | None = None, md5: str |
 
     The archive is downloaded and unpacked in a staging folder beside ``dest`` (``.<name>.download``), and the
     unpacked tree is renamed to ``dest`` only once complete, so ``dest`` is never seen half-written: an interrupted
-    run leaves only the staging folder, and the rerun starts over (reusing the archive when its MD5 is right).  A
-    wrong MD5 deletes the staging folder.  The archive is deleted once unpacked.  An existing ``dest`` is returned
-    without any request."""
+    extraction leaves only the staging folder, and the rerun starts over (reusing the archive when its MD5 is right).
+    A failed download, a wrong MD5 or an unsafe archive deletes the staging folder.  The archive is deleted once
+    unpacked.  An existing ``dest`` is returned without any request."""
     dest = Path(dest).expanduser()
     if dest.is_dir():
         return dest
@@ -123,13 +123,17 @@ def fetch_imagenette(dest: str | os.PathLike, url: str | None = None, md5: str |
             with _timeout(TIMEOUT_S):
                 download_url(url, str(stage), name, md5=None)
         except NETWORK_ERRORS as e:
-            archive.unlink(missing_ok=True)
+            shutil.rmtree(stage, ignore_errors=True)
             raise DataError(f"cannot download {url} ({_reason(e)}): {help_}") from None
         if not check_integrity(str(archive), md5):
             shutil.rmtree(stage, ignore_errors=True)
             raise DataError(f"{url} does not match its MD5 {md5} (a broken download or a wrong data.md5); deleted, "
                             f"nothing kept. Rerun, or {help_}")
-    check_members(archive)
+    try:
+        check_members(archive)
+    except DataError:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     unpacked = stage / "unpacked"
     shutil.rmtree(unpacked, ignore_errors=True)  # an interrupted extraction is redone, never reused
     extract_archive(str(archive), str(unpacked))
