@@ -44,7 +44,7 @@ RUNS: dict[str, dict] = {
     "python scripts/run.py layer=5 compare_methods=true": {"add": RUN},
     "python scripts/run.py layer=5 units=overview": {"add": SMALL + ["k=2", "overview_units=2"]},
     "python scripts/run.py list_layers=true model=...": {"sub": {"model=...": "model=alexnet model.weights=random"},
-                                                         "add": SMALL},
+                                                         "add": SMALL + ["data.size=64"]},
     "python scripts/run.py data=folder data.root=~/photos layer=2": {"sub": {"~/photos": "{tmp}/photos"}, "add": RUN},
     "python scripts/run.py model=vgg16 model.weights=~/vgg16-397923af.pth layer=5": {
         "sub": {"~/vgg16-397923af.pth": "random"}, "add": RUN},
@@ -60,7 +60,7 @@ RUNS: dict[str, dict] = {
     "python scripts/render.py outputs/run/<date> --display minmax": {},
     "python scripts/gallery.py outputs/run/<date>": {},
     "python scripts/run.py model=torchvision model.arch_name=resnet50 model.weights=download list_layers=true": {
-        "add": SMALL},
+        "add": SMALL + ["data.size=64"]},
     "python scripts/run.py model=torchvision model.arch_name=resnet50 model.weights=~/resnet50.pth "
     "layer=[layer2,layer3]": {"sub": {"~/resnet50.pth": "random"}, "add": RUN + ["data.size=64"]},
     "python scripts/run.py model=vgg16 model.weights=../shared/models/vgg16_imagenet_features.pth "
