@@ -2,20 +2,10 @@
 
     python scripts/gallery.py outputs/2024-05-01/12-00-00 [--layers conv1 conv5]
 
-Open the printed index.html in a browser (file:// works; no server needed).  See zf.views.gallery.
+Open the printed index.html in a browser (file:// works; no server needed).  See zf.views.gallery.  The same as
+``zf gallery <run dir>`` (``zf.edge.command.gallery``).
 """
-import argparse
-
-from zf.views.gallery import build_gallery
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="run directory of scripts/run.py (holds summary.json and layers/)")
-    p.add_argument("--layers", nargs="+", help="only these layers (default: every mined layer)")
-    args = p.parse_args()
-    print(build_gallery(args.run_dir, layers=args.layers))
-
+from zf.edge.command import gallery
 
 if __name__ == "__main__":
-    main()
+    gallery()

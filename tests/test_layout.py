@@ -10,9 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "zf"
 #: bottom to top; a module may import its own layer's modules and those of the layers below
-LAYERS = [("zf.errors", "zf.faults", "zf.data", "zf.tracking"), ("zf.net",), ("zf.projection",), ("zf.mining",),
+LAYERS = [("zf.errors", "zf.faults", "zf.data", "zf.download", "zf.tracking"),
+          ("zf.net",), ("zf.projection",), ("zf.mining",),
           ("zf.views",), ("zf.training",), ("zf.experiments",), ("zf.jobs",), ("zf.edge",), ("zf.explore",)]
-#: imported inside functions only: optional extras (zf.explore.app needs Flask), and matplotlib (its backend is picked at first use)
+#: imported inside functions only: optional extras (zf.explore.app needs Flask), and matplotlib (its backend is
+#: picked at first use)
 LAZY_OK = ("matplotlib", "wandb", "timm", "safetensors", "zf.explore.app")
 
 

@@ -21,11 +21,13 @@ import torch.distributed as dist
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf import data as zdata
-from zf.errors import ConfigError, OutputError, ZFError
+from zf.download import resolve_data_root
+from zf.errors import ConfigError, LayerError, OutputError, ZFError
 from zf.mining.cache import mine_cached
+from zf.net.layers import is_stack, resolve_layer
 from zf.net.models import build_model
 from zf.tracking import Tracker
 from zf.training.train import TrainConfig
@@ -85,11 +87,59 @@ def dataset_from_cfg(cfg: DictConfig, split: str | None, limit="data", size: int
                      resize="data") -> zdata.ImageDataset:
     """The images of ``split`` (``train`` | ``val``: ``data.<split>_split`` under ``data.root``; a root without that
     folder, or ``split=None``, is used whole), a seeded subset of ``limit`` images (default ``data.limit``)."""
-    d = cfg.data
+    d = data_root_from_cfg(cfg)
     sub = d.get(f"{split}_split") if split else None
     root = Path(d.root) / sub if sub and (Path(d.root) / sub).is_dir() else Path(d.root)
     return zdata.ImageDataset(root, size=int(size or d.size), resize=d.resize if resize == "data" else resize,
                               limit=d.limit if limit == "data" else limit, subset_seed=cfg.seed)
+
+
+def data_root_from_cfg(cfg: DictConfig) -> DictConfig:
+    """``cfg.data`` with ``root`` resolved (``zf.download.resolve_data_root``): a null ``data.root`` becomes
+    ``ZF_DATA``, the copy at ``paths.data_dir`` or the Imagenette release in zf's user cache (downloaded on first
+    use); ``data.download=true`` fetches it into a missing ``data.root``.  The resolved folder is written back into
+    the config, so it is resolved once and recorded."""
+    d = cfg.data
+    if d.get("root") is None or d.get("download"):
+        root = resolve_data_root(d.get("root"), download=bool(d.get("download", False)), url=d.get("url"),
+                                 md5=d.get("md5"), shared=cfg.get("paths", {}).get("data_dir"),
+                                 progress=bool(cfg.get("progress", True)))
+        with open_dict(d):
+            d.root = str(root)
+            if "download" in d:
+                d.download = False
+    return d
+
+
+def mine_layers_from_cfg(cfg: DictConfig, model: torch.nn.Module) -> list:
+    """The layers mined beside the requested ones (``mine_layers``), so that a later ``layer=`` reads the cache.
+
+    ``default`` (or null): the paper's conv1..conv5 (the integers 1..5 that the model has) for a ``features`` stack
+    (zfnet, AlexNet, VGG), and none for any other graph, whose run then mines just the requested layers: a ResNet
+    has no layer ``1``, and which of its hundreds of modules to mine in advance is the user's choice.  A list is
+    checked here, and a layer it names that the model lacks is an error naming ``mine_layers``."""
+    value = cfg.get("mine_layers", "default")
+    tap = cfg.get("tap", "relu")
+    if value is None or (isinstance(value, str) and value == "default"):
+        if not is_stack(model):
+            return []
+        found = []
+        for i in range(1, 6):
+            try:
+                resolve_layer(model, i, tap)
+            except (LayerError, KeyError, ValueError):
+                continue
+            found.append(i)
+        return found
+    layers = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+    for layer in layers:
+        try:
+            resolve_layer(model, layer, tap)
+        except LayerError as e:
+            raise LayerError(f"mine_layers={layers}: {e} (mine_layers=default mines conv1-5 of a features stack "
+                             "and nothing extra for other models; mine_layers=[] mines only the requested layers)"
+                             ) from None
+    return layers
 
 
 def normalize_from_cfg(cfg: DictConfig, model: torch.nn.Module | None = None):

@@ -13,7 +13,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 # the scripts call cli and dispatch from here
-from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, miner  # noqa: F401
+from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, mine_layers_from_cfg, miner  # noqa: F401
 from zf.edge.runtime import model_from_cfg, model_info, normalize_from_cfg, plain, task
 from zf.errors import ConfigError
 from zf.experiments import correspondence as correspondence_xp
@@ -52,7 +52,7 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
     summary = topk_job(model, dataset, normalize.to(ctx.device), transform, layers, ctx.out, cfg.paths.cache_dir,
                        units=units, overview_units=int(cfg.overview_units), k=int(cfg.k), methods=methods,
                        tap=cfg.tap, seed_mode=cfg.seed_mode, norm=cfg.norm, display=cfg.display,
-                       mine_layers=list(cfg.mine_layers or []), batch_size=int(cfg.batch_size),
+                       mine_layers=mine_layers_from_cfg(cfg, model), batch_size=int(cfg.batch_size),
                        num_workers=int(cfg.num_workers), device=ctx.device, seed=int(cfg.seed),
                        gallery=flag(cfg, "gallery", True), dpi=int(cfg.dpi),
                        unit_figures=flag(cfg, "unit_figures", True), tracker=ctx.tracker,
@@ -100,7 +100,8 @@ def occlusion(cfg: DictConfig, ctx: Context) -> float:
     if o.others:  # panel (c): the unit's mined top-k over the val split, through the main job's mining cache
         dataset, mine = dataset_from_cfg(cfg, "val"), miner(cfg, ctx, normalize_from_cfg(cfg, model)[1], normalize,
                                                             int(cfg.k), cfg.tap)
-        others = {"dataset": dataset, "mine_fn": lambda ls: mine(model, dataset, list(cfg.mine_layers or []) + ls)}
+        extra = mine_layers_from_cfg(cfg, model)
+        others = {"dataset": dataset, "mine_fn": lambda ls: mine(model, dataset, extra + ls)}
     return occlusion_xp.run(model, raw, labels, list(o.images), classes, normalize, ctx.out, layer=o.layer,
                             tap=cfg.tap, size=int(o.size), stride=int(o.stride), grey=o.grey,
                             batch_size=int(o.batch_size), method=cfg.method, norm=cfg.norm, display_mode=cfg.display,
@@ -206,7 +207,7 @@ def methods(cfg: DictConfig, ctx: Context) -> float:
     dataset = dataset_from_cfg(cfg, cfg.split)
     layer = resolve_layer(model, cfg.layer, cfg.tap).name
     table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
-        model, dataset, list(cfg.mine_layers or []) + [layer])[layer]
+        model, dataset, mine_layers_from_cfg(cfg, model) + [layer])[layer]
     m = cfg.methods
     return methods_xp.run(model, dataset, table, layer, ctx.out, units=list(m.units) if m.get("units") else None,
                           n_units=int(m.n_units), methods=list(m.compare), normalize=normalize, tap=cfg.tap,

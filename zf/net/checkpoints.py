@@ -20,7 +20,8 @@ from zf.errors import CheckpointError
 
 #: What to tell a user who gave no weights, or weights that cannot be used.
 WEIGHTS_HELP = ("pass model.weights=/path/to/weights.pth (a state dict), model.weights=cache (torchvision's file, "
-                "if the torch hub cache has it), or model.weights=random for random weights")
+                "if the torch hub cache has it), model.weights=download (torchvision's or timm's pretrained file, "
+                "downloaded once into the hub cache), or model.weights=random for random weights")
 
 #: The shipped checkpoint and its Fig. 4 snapshots, installed with the package (see zf/weights/MODEL_CARD.md).
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"

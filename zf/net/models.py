@@ -25,6 +25,7 @@ import torch
 import torchvision.models
 from torch import nn
 
+from zf.download import timm_download, torchvision_download
 from zf.errors import CheckpointError, ConfigError
 from zf.net.checkpoints import (  # noqa: F401
     DEFAULT_CHECKPOINT,
@@ -193,6 +194,8 @@ def _resolve_weights(weights, name: str, cache: Callable[[], Path] | None = None
         raise CheckpointError(f"model {name}: no weights given; {WEIGHTS_HELP}")
     if str(weights) == "random":
         return "random"
+    if str(weights) == "download":
+        return "download"
     if str(weights) == "cache":
         if cache is None:
             raise CheckpointError(f"model {name}: weights=cache finds torchvision's files only; pass "
@@ -206,6 +209,9 @@ def _with_weights(model: nn.Module, weights, name: str, cache: Callable[[], Path
     w = _resolve_weights(weights, name, cache)
     if w == "random":
         return random_weights(model)
+    if w == "download":
+        raise CheckpointError(f"model {name}: model.weights=download fetches torchvision's and timm's pretrained "
+                              "weights only; pass model.weights=/path/to/the/file")
     return load_weights(model, load_state_dict(w), str(w), partial=partial)
 
 
@@ -220,13 +226,17 @@ def torchvision_model(arch_name: str, num_classes: int = 1000, weights: str | os
                           f"{_suggest(str(arch_name), names)}; torchvision.models.list_models(module=torchvision.models)"
                           f" lists them")
     model = torchvision.models.get_model(arch_name, weights=None, num_classes=num_classes, **kwargs)
+    if str(weights) == "download":  # the DEFAULT weights, through torch.hub (hash-checked) into the hub cache
+        weights = torchvision_download(arch_name)
     return _with_weights(model, weights, arch_name, lambda: torchvision_cache_file(arch_name))
 
 
 def timm_model(arch_name: str, num_classes: int = 1000, weights: str | os.PathLike | None = "random",
                **kwargs) -> nn.Module:
     """A timm model by name (needs the optional extra: ``pip install 'zf[timm]'``), with ``weights`` a file (a
-    ``.pth`` state dict or timm's ``model.safetensors``) or ``"random"``.  timm's own downloads are never made."""
+    ``.pth`` state dict or timm's ``model.safetensors``), ``"download"`` (timm's pretrained weights, fetched by
+    timm from where its pretrained configuration says; ``kwargs`` such as ``pretrained_cfg_overlay=dict(url=...)``
+    reach ``timm.create_model``) or ``"random"``.  timm downloads only for ``"download"``."""
     try:
         import timm
     except ImportError:
@@ -235,6 +245,10 @@ def timm_model(arch_name: str, num_classes: int = 1000, weights: str | os.PathLi
     if not timm.is_model(arch_name):
         raise ConfigError(f"model.arch_name={arch_name!r} is not a timm model"
                           f"{_suggest(str(arch_name), timm.list_models())}; timm.list_models() lists them")
+    if str(weights) == "download":
+        model = timm_download(arch_name, num_classes, **kwargs)
+        model.zf_weights, model.zf_missing = f"timm:{arch_name}", []
+        return model
     model = timm.create_model(arch_name, pretrained=False, num_classes=num_classes, **kwargs)
     return _with_weights(model, weights, arch_name)
 
