@@ -17,6 +17,27 @@ from typing import Any
 import numpy as np
 
 
+def wandb_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    """Whether W&B's server answers a TCP connection within ``timeout`` seconds (online W&B without a network
+    otherwise retries for about 90 s before it fails)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 class Tracker:
     """A W&B run, or nothing (``enabled=False``, on non-zero distributed ranks, or after a W&B failure).
 
@@ -38,6 +59,10 @@ class Tracker:
 
             Path(dir).mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("WANDB_SILENT", "true")
+            if mode == "online" and not reachable():
+                print(f"W&B: {wandb_host()} cannot be reached; logging offline instead (wandb sync "
+                      f"{Path(dir) / 'wandb'} later)")
+                mode = "offline"
             self.run = wandb.init(project=project, dir=str(dir), config=config, mode=mode, group=group, name=name,
                                   tags=tags, job_type=job_type, reinit="create_new")
         except Exception as e:  # noqa: BLE001 - any W&B problem must not stop the run
