@@ -6,6 +6,7 @@ Open the printed index.html in a browser (file:// works; no server needed).  See
 """
 import argparse
 
+from zf.errors import script_main
 from zf.views.gallery import build_gallery
 
 
@@ -18,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)  # a user error: one line, exit status 2

@@ -2,6 +2,7 @@
 [--display minmax] [--dpi 150]``.  Rewrites the projection PNGs, per-unit images, overview figures and gallery."""
 import argparse
 
+from zf.errors import script_main
 from zf.views.render import render_run
 
 
@@ -17,4 +18,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)  # a user error: one line, exit status 2

@@ -36,3 +36,18 @@ class CheckpointError(ZFError, ValueError):
 
 class OutputError(ZFError, OSError):
     """An output folder that cannot be created or written."""
+
+
+def script_main(main) -> None:
+    """Run a plain (argparse) script's ``main()``: a user error prints ``error: <one line>`` and exits with status
+    2, as the Hydra scripts do (``ZF_DEBUG=1`` shows the traceback)."""
+    import os
+    import sys
+
+    try:
+        main()
+    except ZFError as e:
+        if os.environ.get("ZF_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

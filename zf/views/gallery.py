@@ -274,6 +274,10 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
     """
     run = Path(run_dir)
     summary = read_summary(run)
+    if layers is not None:
+        from .results import check_run_files
+
+        check_run_files(run, layers)
     images_json = run / "images.json"
     image_paths = read_image_paths(run) if images_json.is_file() else []
     if layers is None:
