@@ -24,7 +24,7 @@ def _one_of(cfg: DictConfig, key: str, allowed) -> None:
 
 def check_data(cfg: DictConfig) -> None:
     integer(cfg, "data.size")
-    integer(cfg, "data.limit", 0, none=True)
+    integer(cfg, "data.limit", 1, none=True)
     integer(cfg, "data.resize", 1, none=True)
 
 
@@ -35,7 +35,8 @@ def check_run(cfg: DictConfig) -> None:
     from .job import DISPLAYS
     from .layers import TAPS
 
-    integer(cfg, "k")
+    if integer(cfg, "k", None) < 1:
+        raise ConfigError(f"k={cfg.k}: the number of top images per unit must be at least 1")
     integer(cfg, "dpi")
     integer(cfg, "batch_size")
     integer(cfg, "num_workers", 0)

@@ -170,7 +170,7 @@ def dataset_from_cfg(cfg: DictConfig, split: str | None, limit="data", size: int
     if d.get("resize") is not None:
         integer(cfg, "data.resize")
     return zdata.ImageDataset(root, size=int(size or data_size), resize=d.resize if resize == "data" else resize,
-                              limit=integer(cfg, "data.limit", 0, none=True) if limit == "data" else limit,
+                              limit=integer(cfg, "data.limit", 1, none=True) if limit == "data" else limit,
                               subset_seed=cfg.seed)
 
 
