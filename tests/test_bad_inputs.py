@@ -317,20 +317,33 @@ def test_training_refuses_bad_values_before_reading_data(override, names, tree, 
 
 # --- 5. faults: full disk, Ctrl-C --------------------------------------------------------------------------------
 
-def test_full_disk_is_one_line_and_leaves_no_truncated_table(flat, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("when", ["tables", "progress"])
+def test_full_disk_is_one_line_and_leaves_no_truncated_table(when, flat, tmp_path, capsys, monkeypatch):
+    """A full disk while the cache's tables are written (np.savez: OSError) or while the pass saves its progress
+    (torch.save: RuntimeError) was an ENOSPC traceback with a truncated array left in the cache."""
+    import zf.mining
     from zf.results import TopK
 
     def full(self, path):
         Path(str(path)).write_bytes(b"PK\x03\x04 half a table")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(TopK, "save", full)
+    def full_save(obj, path):
+        Path(str(path)).write_bytes(b"PK\x03\x04 half a state")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed (No space left on device)")
+
+    if when == "tables":
+        monkeypatch.setattr(TopK, "save", full)
+    else:
+        monkeypatch.setattr(zf.mining.torch, "save", full_save)
     code, _, err = job("run", [*TINY, "data=folder", f"data.root={flat}"], tmp_path, capsys)
     line = refused(code, err, str(tmp_path / "cache"))
-    assert "needs about" in line and "MB" in line
+    assert "no space left" in line
     entry = next((tmp_path / "cache").glob("mine-*"))
-    assert not list(entry.glob("*.npz")) and not (entry / "done.json").exists()
-    assert (entry / "partial.pt").is_file()  # the pass itself is kept: a rerun resumes from it
+    assert not list(entry.glob("*.npz")) and not (entry / "done.json").exists() and not list(entry.glob("*.tmp"))
+    if when == "tables":
+        assert "needs about" in line and (entry / "partial.pt").is_file()  # the pass is kept: a rerun resumes
 
 
 def test_ctrl_c_is_one_line_saying_what_was_saved(flat, tmp_path, capsys, monkeypatch):
@@ -378,7 +391,7 @@ def test_render_and_gallery_refuse_in_one_line(script, case, names, tmp_path, ca
 
 # --- 7. Hydra's own errors and sweeps (subprocesses: they happen in Hydra's main) --------------------------------
 
-@pytest.mark.parametrize("args, names", [(["lyer=4"], "lyer"), (["model=foo"], "model"),
+@pytest.mark.parametrize("args, names", [(["lyer=4"], "lyer"), (["model=foo"], "model"), (["k=1.5"], "k=1.5"),
                                           (["-m", "layer=4,99"], "sweep job 1 (layer=99)")])
 def test_hydra_errors_exit_2_and_sweeps_check_every_job_first(args, names, flat, tmp_path, capsys, monkeypatch):
     """Hydra's own errors exit 2 as zf's do (they exited 1); a sweep checks every job before the first runs (job 0
@@ -395,6 +408,7 @@ def test_hydra_errors_exit_2_and_sweeps_check_every_job_first(args, names, flat,
     assert code == 2, err[-3000:]
     assert "Traceback" not in err and names in err, err[-3000:]
     assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("mine-*"))
+    assert not (tmp_path / "out").exists()  # a refused run leaves no run directory (Hydra's .hydra/ included)
 
 
 # --- 8. W&B without a network, one distributed set-up -------------------------------------------------------------

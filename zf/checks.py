@@ -122,10 +122,13 @@ class CheckSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra import compose
 
-        if config.get("debug"):
-            return
+        if config.get("debug") or "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+            return  # another sweeper expands its jobs its own way
         models: dict = {}
-        jobs = sweep_jobs(config)
+        try:
+            jobs = sweep_jobs(config)
+        except Exception:  # noqa: BLE001 - Hydra reports a sweep it cannot parse itself
+            return
         common = set.intersection(*(set(j) for j in jobs)) if jobs else set()
         for i, job in enumerate(jobs):
             try:
@@ -135,3 +138,5 @@ class CheckSweep(Callback):
                 print(f"error: sweep job {i} ({' '.join(o for o in job if o not in common)}): {e}; no job was run",
                       file=sys.stderr)
                 sys.exit(2)
+            except Exception:  # noqa: BLE001 - not a user error: the job itself will report it
+                return

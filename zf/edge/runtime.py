@@ -283,6 +283,7 @@ def cli(fn, cfg: DictConfig):
     except ZFError as e:
         if debug:
             raise
+        _drop_refused_run(cfg)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
@@ -297,6 +298,22 @@ def cli(fn, cfg: DictConfig):
             raise
         print(f"interrupted: {_saved(cfg)}", file=sys.stderr)
         sys.exit(130)
+
+
+def _drop_refused_run(cfg: DictConfig) -> None:
+    """Remove the run directory of a refused run if it holds nothing but what Hydra wrote before the task started
+    (``.hydra/``, ``*.log``), so that a mistake leaves no run behind; a directory with anything else is kept."""
+    import shutil
+
+    try:
+        out = Path(cfg.paths.output_dir)
+    except Exception:  # noqa: BLE001 - no run directory (composed without Hydra's runtime)
+        return
+    if not out.is_dir():
+        return
+    files = [p for p in out.rglob("*") if p.is_file()]
+    if all(p.suffix == ".log" or ".hydra" in p.relative_to(out).parts for p in files):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _saved(cfg: DictConfig) -> str:

@@ -67,8 +67,17 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
         done.unlink()
         (folder / "partial.pt").unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
-                  device=device, normalize=normalize, state_path=folder / "partial.pt", progress=progress)
+    try:
+        tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
+                      device=device, normalize=normalize, state_path=folder / "partial.pt", progress=progress)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
+            raise
+        for f in folder.glob("*.tmp"):
+            f.unlink(missing_ok=True)
+        raise OutputError(f"no space left in the mining cache {folder} while saving the pass's progress "
+                          f"({shutil.disk_usage(folder).free / 1e6:.0f} MB free): free some space or pass "
+                          "paths.cache_dir=<another folder>") from None
     if not dist.is_initialized() or dist.get_rank() == 0:
         need = sum(getattr(t, f).nbytes for t in tables.values() for f in TOPK_FIELDS)
         try:
