@@ -1,6 +1,6 @@
 """The bad inputs and faults of issue 17 (an outside tester's list), one parametrised test per group.
 
-Most cases run in-process: the config is composed with Hydra's compose API and run through ``zf.edge.cli`` (what
+Most cases run in-process: the config is composed with Hydra's compose API and run through ``zf.edge.runtime.cli`` (what
 ``scripts/run.py`` and ``scripts/train.py`` call), so that a case costs no interpreter start.  Only what happens in
 Hydra's own ``main`` (a misspelt key, a missing config group, a sweep) starts a subprocess.  Every refused case
 asserts the exit status, one ``error:`` line on stderr naming the offending key or file, no traceback, and that no
@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from zf import data as zdata
-from zf.edge import cli, dispatch
+from zf.edge.runtime import cli, dispatch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -249,7 +249,7 @@ def test_a_skipped_file_is_read_again_once_restored(tmp_path, capsys):
 
 @pytest.mark.parametrize("family", ["zfnet", "alexnet", "torchvision", "timm"])
 def test_random_weights_are_random_and_said(family, capsys):
-    from zf.edge import model_from_cfg
+    from zf.edge.runtime import model_from_cfg
 
     over = {"zfnet": ["model=zfnet", "model.weights=random"],
             "alexnet": ["model=alexnet", "model.weights=random"],
@@ -263,16 +263,16 @@ def test_random_weights_are_random_and_said(family, capsys):
     assert model.zf_weights == "random"
     assert "random weights (model.weights=random)" in capsys.readouterr().out
     if family == "zfnet":  # it used to load the shipped checkpoint
-        from zf.models import load_zfnet
+        from zf.net.models import load_zfnet
 
         shipped = load_zfnet()
         assert not torch.equal(model.features[0].weight, shipped.features[0].weight)
 
 
 def test_checkpoint_null_warns_and_timm_help_names_timm_files():
-    from zf.edge import model_from_cfg
+    from zf.edge.runtime import model_from_cfg
     from zf.errors import CheckpointError
-    from zf.models import build_model
+    from zf.net.models import build_model
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("run", overrides=["model.checkpoint=null"])
@@ -294,7 +294,7 @@ TRAIN_CASES = [("train.optimizer=foo", "train.optimizer='foo'"), ("train.schedul
 
 @pytest.mark.parametrize("override, names", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
 def test_training_refuses_bad_values_before_reading_data(override, names, tree, tmp_path, capsys, monkeypatch):
-    from zf.edge import plain
+    from zf.edge.runtime import plain
 
     def no_data(*a, **k):
         raise AssertionError("data was read before the config was checked")
@@ -321,8 +321,8 @@ def test_training_refuses_bad_values_before_reading_data(override, names, tree, 
 def test_full_disk_is_one_line_and_leaves_no_truncated_table(when, flat, tmp_path, capsys, monkeypatch):
     """A full disk while the cache's tables are written (np.savez: OSError) or while the pass saves its progress
     (torch.save: RuntimeError) was an ENOSPC traceback with a truncated array left in the cache."""
-    import zf.mining
-    from zf.results import TopK
+    import zf.mining.mine
+    from zf.mining.table import TopK
 
     def full(self, path):
         Path(str(path)).write_bytes(b"PK\x03\x04 half a table")
@@ -336,7 +336,7 @@ def test_full_disk_is_one_line_and_leaves_no_truncated_table(when, flat, tmp_pat
     if when == "tables":
         monkeypatch.setattr(TopK, "save", full)
     else:
-        monkeypatch.setattr(zf.mining.torch, "save", full_save)
+        monkeypatch.setattr(zf.mining.mine.torch, "save", full_save)
     code, _, err = job("run", [*TINY, "data=folder", f"data.root={flat}"], tmp_path, capsys)
     line = refused(code, err, str(tmp_path / "cache"))
     assert "no space left" in line
@@ -347,12 +347,12 @@ def test_full_disk_is_one_line_and_leaves_no_truncated_table(when, flat, tmp_pat
 
 
 def test_ctrl_c_is_one_line_saying_what_was_saved(flat, tmp_path, capsys, monkeypatch):
-    import zf.cache
+    import zf.mining.cache
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zf.cache, "mine", interrupted)
+    monkeypatch.setattr(zf.mining.cache, "mine", interrupted)
     code, _, err = job("run", [*TINY, "data=folder", f"data.root={flat}"], tmp_path, capsys)
     line = refused(code, err, "paths.cache_dir=", status=130)
     assert "resume" in line
@@ -366,7 +366,7 @@ def test_ctrl_c_is_one_line_saying_what_was_saved(flat, tmp_path, capsys, monkey
     ("gallery.py", "not_a_run", "not a run directory"), ("gallery.py", "relu9", "--layers relu9"),
     ("gallery.py", "deleted_array", "topk.npz is missing")])
 def test_render_and_gallery_refuse_in_one_line(script, case, names, tmp_path, capsys, monkeypatch):
-    from zf.results import TopK
+    from zf.mining.table import TopK
 
     run = tmp_path / "run"
     if case != "missing":
@@ -433,7 +433,7 @@ def test_wandb_online_without_network_goes_offline_at_once(tmp_path, capsys, mon
 
 
 def test_every_task_sets_its_gpu_under_torchrun(monkeypatch):
-    import zf.edge as E
+    import zf.edge.runtime as E
 
     seen = {}
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -10,6 +10,9 @@ Each class also derives from the built-in exception a caller would expect (``Val
 """
 from __future__ import annotations
 
+import os
+import sys
+
 
 class ZFError(Exception):
     """A user error: the message is one line saying what is wrong and what to do."""
@@ -41,9 +44,6 @@ class OutputError(ZFError, OSError):
 def script_main(main) -> None:
     """Run a plain (argparse) script's ``main()``: a user error prints ``error: <one line>`` and exits with status
     2, as the Hydra scripts do (``ZF_DEBUG=1`` shows the traceback)."""
-    import os
-    import sys
-
     try:
         main()
     except ZFError as e:

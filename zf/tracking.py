@@ -10,25 +10,22 @@ Any exception inside wandb is reported once as a warning, after which the tracke
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
 
 def wandb_host() -> str:
-    from urllib.parse import urlparse
-
     return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
 
 
 def reachable(timeout: float = 3.0) -> bool:
     """Whether W&B's server answers a TCP connection within ``timeout`` seconds (online W&B without a network
     otherwise retries for about 90 s before it fails)."""
-    import socket
-    from urllib.parse import urlparse
-
     url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
         socket.create_connection((url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)),

@@ -10,9 +10,12 @@
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +23,15 @@ import torch
 import torch.distributed as dist
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
+from hydra import compose
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from zf import data as zdata
+from zf.edge.checks import (check_config, device_of, flag, integer, layers_from_cfg,  # noqa: F401
+                            plain, split_folder, sweep_jobs, units_from_cfg)
 from zf.errors import ConfigError, OutputError, ZFError
+from zf.jobs.topk import check_args
 from zf.mining.cache import mine_cached
 from zf.net.models import build_model
 from zf.tracking import Tracker
@@ -40,58 +47,10 @@ def register_configs() -> None:
 register_configs()
 
 
-def plain(cfg):
-    """A resolved config as plain Python containers (plain values pass through)."""
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
-def flag(cfg: DictConfig, key: str, default: bool = False) -> bool:
-    """A true/false option of the config; anything else (``unit_figures=maybe``) is a ``ConfigError``, not truthy."""
-    v = cfg.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}={v!r}: use true or false")
-    return v
-
-
-def integer(cfg: DictConfig, key: str, minimum: int | None = 1, none: bool = False):
-    """The whole number at ``key`` (dotted, ``data.limit``); ``ConfigError`` naming it for anything else (``k=1.5``,
-    ``data.limit=abc``, ``true``) or below ``minimum``.  ``none``: null is allowed (and returned)."""
-    v = OmegaConf.select(cfg, key)
-    if v is None and none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
-        raise ConfigError(f"{key}={v!r}: use a whole number" + (f" of at least {minimum}" if minimum is not None
-                                                                  else "") + (" or null" if none else ""))
-    if minimum is not None and v < minimum:
-        raise ConfigError(f"{key}={v}: use a whole number of at least {minimum}" + (" or null" if none else ""))
-    return int(v)
-
-
-def device_of(name) -> torch.device:
-    """``auto`` (the GPU if there is one), ``cpu``, ``cuda`` or ``cuda:N``; ``ConfigError`` for a device this
-    machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(str(name))
-    except RuntimeError:
-        raise ConfigError(f"device={name!r}: use auto, cpu or cuda (cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use "
-                          "device=cpu or device=auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name!r}: use auto, cpu or cuda (cuda:N)")
-    return device
-
-
 def distributed_setup(device: torch.device) -> tuple[int, torch.device]:
     """(rank, device) for every task under ``torchrun`` (``WORLD_SIZE`` > 1): the process group (nccl on GPUs, gloo
     on CPUs) and, on GPUs, ``torch.cuda.set_device(LOCAL_RANK)`` so that each process uses its own GPU.  Without
     torchrun: (``RANK`` or 0, ``device``)."""
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if device.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -103,35 +62,8 @@ def distributed_setup(device: torch.device) -> tuple[int, torch.device]:
     return rank, device
 
 
-def units_from_cfg(cfg: DictConfig):
-    """``units``: null (every unit), ``overview``, or a non-empty list of unit numbers (one number is a list of one);
-    ``ConfigError`` naming the key for anything else (``units=[]``, ``units=foo``, ``units=[a,b]``)."""
-    u = cfg.get("units")
-    if u is None or u == "overview":
-        return u
-    items = list(u) if OmegaConf.is_list(u) else [u]
-    if not items or any(isinstance(x, bool) or not isinstance(x, int) for x in items):
-        raise ConfigError(f"units={plain(u) if OmegaConf.is_config(u) else u!r}: use null (every unit), overview, "
-                          "or a non-empty list of unit numbers, e.g. units=[0,5,7]")
-    return [int(x) for x in items]
-
-
-def layers_from_cfg(cfg: DictConfig) -> list:
-    """``layer``: one layer or a non-empty list of them."""
-    layers = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
-    if not layers or any(l is None or OmegaConf.is_config(l) for l in layers):
-        raise ConfigError(f"layer={plain(cfg.layer)!r}: give a layer (layer=4, layer=conv5_3, layer=layer3.1) or a "
-                          "non-empty list of them")
-    return layers
-
-
-# --- from a config to library objects -----------------------------------------------------------------------
-
-
 def model_from_cfg(cfg: DictConfig, num_classes: int | None = None) -> torch.nn.Module:
     """The model ``cfg.model`` names; ``num_classes`` (from the data) wins over the config's."""
-    import warnings
-
     m = cfg.model
     n = num_classes or m.get("num_classes")
     if m.name == "zfnet" and not m.get("checkpoint") and n is None:
@@ -174,32 +106,6 @@ def dataset_from_cfg(cfg: DictConfig, split: str | None, limit="data", size: int
                               subset_seed=cfg.seed)
 
 
-def split_folder(cfg: DictConfig, split: str | None) -> str | None:
-    """The folder under ``data.root`` of ``split``, or ``None`` (the root is used whole).  ``ConfigError`` for a
-    split the data config does not name (``split=foo``: it used to read the whole tree, train and val together) and
-    for a ``data.<split>_split`` folder that is missing from a root holding another split's folder (a misspelt
-    ``data.val_split``)."""
-    d = cfg.data
-    if not split:
-        return None
-    named = {k[:-len("_split")]: v for k, v in d.items() if k.endswith("_split") and v}
-    if split not in named and f"{split}_split" not in d:
-        if named:
-            raise ConfigError(f"split={split!r}: the data config names the splits "
-                              f"{', '.join(sorted(named))} (data.<split>_split); use one of them, or split=null for "
-                              "the whole data.root")
-        return None
-    sub = named.get(split)
-    root = Path(d.root)
-    if sub and root.is_dir() and not (root / sub).is_dir():
-        others = [k for k, v in named.items() if k != split and (root / str(v)).is_dir()]
-        if others:
-            have = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise ConfigError(f"data.{split}_split={sub}: {root} has no folder {sub} (it has {', '.join(have)}); "
-                              f"set data.{split}_split to one of them")
-    return sub
-
-
 def normalize_from_cfg(cfg: DictConfig, model: torch.nn.Module | None = None):
     """(Normalize, transform spec): the checkpoint's statistics if it has them, else the config's."""
     meta = getattr(model, "meta", {}) or {}
@@ -236,8 +142,6 @@ def task(job_type: str):
         @functools.wraps(fn)
         def wrapped(cfg: DictConfig):
             out = Path(cfg.paths.output_dir)
-            from .checks import check_config
-
             check_config(cfg)  # the config's own values, before the run directory, a model or any data
             try:
                 out.mkdir(parents=True, exist_ok=True)
@@ -273,8 +177,6 @@ def cli(fn, cfg: DictConfig):
     """``fn(cfg)`` for a script: a user error ends the program with its one-line message and exit status 2
     (``debug=true`` or ``HYDRA_FULL_ERROR=1`` show the traceback); so does a full disk (naming the file) and Ctrl-C
     (saying what was saved, exit status 130)."""
-    import errno
-
     global STARTED
     STARTED = True
     debug = cfg.get("debug") or os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -303,8 +205,6 @@ def cli(fn, cfg: DictConfig):
 def _drop_refused_run(cfg: DictConfig) -> None:
     """Remove the run directory of a refused run if it holds nothing but what Hydra wrote before the task started
     (``.hydra/``, ``*.log``), so that a mistake leaves no run behind; a directory with anything else is kept."""
-    import shutil
-
     try:
         out = Path(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001 - no run directory (composed without Hydra's runtime)
@@ -361,3 +261,41 @@ class CheckOutputDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.sweep.dir)
+
+
+def check_with_model(cfg: DictConfig, models: dict) -> None:
+    """``check_config`` and, for the main job, its layers and units against the model (built once per model
+    config into ``models``)."""
+    check_config(cfg)
+    if str(cfg.task.get("_target_")) != "zf.edge.tasks.topk" or cfg.get("list_layers"):
+        return
+    key = OmegaConf.to_yaml(cfg.model) + str(cfg.seed)
+    if key not in models:
+        models[key] = model_from_cfg(cfg).eval()
+    check_args(models[key], layers_from_cfg(cfg), int(cfg.k), [cfg.method], cfg.tap, cfg.display,
+               int(cfg.data.size), units_from_cfg(cfg), mine_layers=list(cfg.mine_layers or []))
+
+
+class CheckSweep(Callback):
+    """Before the first job of a sweep runs, check every job's config (``check_with_model``): ``-m layer=4,99``
+    fails at once, naming job 1 and its overrides, instead of after job 0 has finished."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if config.get("debug") or "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+            return  # another sweeper expands its jobs its own way
+        models: dict = {}
+        try:
+            jobs = sweep_jobs(config)
+        except Exception:  # noqa: BLE001 - Hydra reports a sweep it cannot parse itself
+            return
+        common = set.intersection(*(set(j) for j in jobs)) if jobs else set()
+        for i, job in enumerate(jobs):
+            try:
+                cfg = compose(config.hydra.job.config_name, overrides=job)
+                check_with_model(cfg, models)
+            except ZFError as e:
+                print(f"error: sweep job {i} ({' '.join(o for o in job if o not in common)}): {e}; no job was run",
+                      file=sys.stderr)
+                sys.exit(2)
+            except Exception:  # noqa: BLE001 - not a user error: the job itself will report it
+                return

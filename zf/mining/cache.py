@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -118,8 +119,6 @@ def check_cache_dir(cache_dir: str | os.PathLike) -> Path:
 
 def _readable_now(skipped) -> bool:
     """Whether any of the files a cached pass skipped reads now (restored after the pass)."""
-    import warnings
-
     for p in skipped:
         if os.path.isfile(p):
             with warnings.catch_warnings():

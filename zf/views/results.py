@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from zf.errors import DataError
+
 
 def layer_dir(run: str | os.PathLike, layer: str) -> Path:
     return Path(run) / "layers" / layer
@@ -52,8 +54,6 @@ def source_path(run, image_id: int) -> Path:
 def read_summary(run: str | os.PathLike) -> dict:
     """A run's ``summary.json``; ``DataError`` (a ``FileNotFoundError``) naming the folder when it is missing, is
     not a run directory of ``scripts/run.py`` or holds a damaged summary."""
-    from .errors import DataError
-
     run = Path(run)
     if not run.is_dir():
         raise DataError(f"run directory {run} does not exist: pass a run directory of scripts/run.py "
@@ -76,8 +76,6 @@ def check_run_files(run: str | os.PathLike, layers: Sequence[str] | None = None,
     """The layers of a run (``layers``, default every layer of its summary), after checking that each has its
     ``topk.npz`` and each method's ``<method>.npy``: ``DataError`` for a layer the run does not have, ``DataError``
     naming a missing array file (deleted or never written), before anything is rewritten."""
-    from .errors import DataError
-
     run = Path(run)
     summary = read_summary(run)
     have = list(summary["layers"]) or sorted(p.parent.name for p in (run / "layers").glob("*/topk.npz"))
