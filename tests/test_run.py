@@ -218,7 +218,7 @@ def test_bad_input_fails_with_one_clear_line_before_any_data_pass(tmp_path, over
         args = [a for a in args if a not in ("model.checkpoint=null", "model.weights=random")]
         args[0] = f"model.checkpoint={bad}"
     if override == "model=vgg16":
-        args = [a for a in args if not a.startswith(("model.checkpoint", "model.arch"))]
+        args = [a for a in args if not a.startswith(("model.checkpoint", "model.weights", "model.arch"))]
     p = run(args, check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [l for l in p.stderr.splitlines() if l.strip() and "Warning" not in l and "warnings.warn" not in l]
