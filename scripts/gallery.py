@@ -6,6 +6,7 @@ Open the printed index.html in a browser (file:// works; no server needed).  See
 ``zf gallery <run dir>`` (``zf.edge.command.gallery``).
 """
 from zf.edge.command import gallery
+from zf.errors import script_main
 
 if __name__ == "__main__":
-    gallery()
+    script_main(gallery)  # a user error: one line, exit status 2

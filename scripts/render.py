@@ -2,6 +2,7 @@
 [--display minmax] [--dpi 150]``.  Rewrites the projection PNGs, per-unit images, overview figures and gallery.
 The same as ``zf render <run dir>`` (``zf.edge.command.render``)."""
 from zf.edge.command import render
+from zf.errors import script_main
 
 if __name__ == "__main__":
-    render()
+    script_main(render)  # a user error: one line, exit status 2

@@ -9,7 +9,7 @@ import hydra
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
-from zf.edge.tasks import cli, dispatch  # noqa: E402  (also registers the structured configs the YAML files use)
+from zf.edge.tasks import cli, dispatch, hydra_main  # noqa: E402  (also registers the structured configs the YAML files use)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -18,4 +18,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main()
+    hydra_main(main)  # Hydra's own config errors exit 2, as zf's do

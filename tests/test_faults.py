@@ -191,9 +191,9 @@ RUN = [sys.executable, str(ROOT / "scripts" / "run.py")]
 
 
 def _main_job(data: Path, out: Path, cache: Path) -> list[str]:
-    return RUN + [f"data.root={data}", "data.size=64", "model.checkpoint=null", "model.arch.width=0.125",
-                  "layer=[2,4]", "k=2", "logger=none", "progress=false", "num_workers=0", "batch_size=4",
-                  f"hydra.run.dir={out}", f"paths.cache_dir={cache}"]
+    return RUN + [f"data.root={data}", "data.size=64", "model.checkpoint=null", "model.weights=random",
+                  "model.arch.width=0.125", "layer=[2,4]", "k=2", "logger=none", "progress=false", "num_workers=0",
+                  "batch_size=4", f"hydra.run.dir={out}", f"paths.cache_dir={cache}"]
 
 
 def _files(run: Path, skip=("summary.json", "index.html", "run.log")) -> dict[str, bytes]:

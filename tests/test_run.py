@@ -21,8 +21,8 @@ from zf.data import default_data_root
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 VAL = default_data_root() / "val"
-TINY = ["model.checkpoint=null", "model.arch.width=0.125", "logger=none", "progress=false", "num_workers=0",
-        "batch_size=8"]
+TINY = ["model.checkpoint=null", "model.weights=random", "model.arch.width=0.125", "logger=none", "progress=false",
+        "num_workers=0", "batch_size=8"]
 
 
 def run(args: list[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,7 +38,7 @@ def five_layer_run(tmp_path_factory, imagenette):
     out = tmp_path_factory.mktemp("run5")
     cache = tmp_path_factory.mktemp("cache")
     p = run(["layer=[1,2,3,4,5]", "data.limit=14", "k=3", "overview_units=4", f"hydra.run.dir={out}",
-             f"paths.cache_dir={cache}", "logger=wandb", "logger.mode=offline", *TINY[:2], *TINY[3:]])
+             f"paths.cache_dir={cache}", "logger=wandb", "logger.mode=offline", *TINY[:3], *TINY[4:]])
     assert "W&B failed" not in p.stderr, p.stderr[-2000:]
     return out, cache, p.stdout
 
@@ -169,7 +169,7 @@ def test_flat_folder_of_odd_images_and_all_methods(tmp_path):
 @pytest.mark.parametrize("model, layer, rf", [("alexnet", "2", 51), ("vgg16", "conv2_1", 10)])
 def test_torchvision_models_run_end_to_end(tmp_path, model, layer, rf, imagenette):
     run([f"model={model}", "model.weights=random", f"layer={layer}", "units=[0,1]", "data.limit=4", "k=2", "data.size=96",
-         f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY[2:]])
+         f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY[3:]])
     summary = json.loads((tmp_path / "summary.json").read_text())
     (name, info), = summary["layers"].items()
     assert summary["model"] == model and info["rf"] == rf and info["units"] == 2
@@ -215,10 +215,10 @@ def test_bad_input_fails_with_one_clear_line_before_any_data_pass(tmp_path, over
             torch.save(zfnet(num_classes=3, width=0.0625).state_dict(), bad)
         else:
             bad.write_bytes(b"PK\x03\x04 truncated")
-        args = [a for a in args if a != "model.checkpoint=null"]
+        args = [a for a in args if a not in ("model.checkpoint=null", "model.weights=random")]
         args[0] = f"model.checkpoint={bad}"
     if override == "model=vgg16":
-        args = [a for a in args if not a.startswith(("model.checkpoint", "model.arch"))]
+        args = [a for a in args if not a.startswith(("model.checkpoint", "model.weights", "model.arch"))]
     p = run(args, check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [l for l in p.stderr.splitlines() if l.strip() and "Warning" not in l and "warnings.warn" not in l]

@@ -49,24 +49,47 @@ class ImageList:
 def list_images(root: str | os.PathLike) -> ImageList:
     """Every image under ``root``: an ImageFolder tree if ``root`` has sub-folders with images, else a flat folder.
 
-    Raises ``zf.errors.DataError`` for a missing folder and for one without images."""
+    Each file is listed once, by its resolved path (a symlink loop such as ``self -> .`` or a link to a class folder
+    adds nothing).  A folder with images both at its top and in sub-folders is refused (``DataError`` naming both),
+    since either reading would silently drop one of them.  Raises ``DataError`` for a missing folder and for one
+    without images."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist (set data.root=... or ZF_DATA=...)")
+    real_root = root.resolve()
+    seen: set[Path] = set()
 
     def images_in(d: Path, recursive: bool) -> list[Path]:
         it = d.rglob("*") if recursive else d.iterdir()
-        return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        found = []
+        for p in sorted(q for q in it if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()):
+            r = p.resolve()
+            if r not in seen:  # each file once, whatever links lead to it
+                seen.add(r)
+                found.append(p)
+        return found
 
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    def is_loop(d: Path) -> bool:  # a sub-folder that is the root itself or one of its parents (self -> .)
+        r = d.resolve()
+        return r == real_root or r in real_root.parents
+
+    top = images_in(root, recursive=False)
+    seen.clear()
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not is_loop(d))
     paths, labels = [], []
     for i, c in enumerate(classes):
         found = images_in(root / c, recursive=True)
         paths += found
         labels += [i] * len(found)
+    if paths and top:
+        with_images = sorted({classes[l] for l in labels})
+        raise DataError(f"data folder {root} has {len(top)} images at its top (e.g. {top[0].name}) and "
+                        f"{len(paths)} in sub-folders ({', '.join(with_images[:5])}"
+                        f"{', ...' if len(with_images) > 5 else ''}): move the top-level images into a sub-folder, "
+                        "or set data.root to one folder that holds only one kind")
     if not paths:
         classes = []
-        paths = images_in(root, recursive=False)
+        paths = top
         labels = [-1] * len(paths)
     if not paths:
         raise DataError(f"data folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither directly "
@@ -74,14 +97,35 @@ def list_images(root: str | os.PathLike) -> ImageList:
     return ImageList(root, paths, labels, classes)
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB with its real range: 16-bit and 32-bit integer greyscale (``I;16``, ``I``) scaled from
+    0..65535 (or 0..max where values go higher), float greyscale (``F``) from 0..1 (or min..max where values leave
+    it), everything else (palette, CMYK, alpha, greyscale) through PIL's ``convert`` (``convert("RGB")`` alone clips
+    16-bit images to white and float images to black)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            finite = a[np.isfinite(a)]
+            lo, hi = (0.0, 1.0) if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else (
+                float(finite.min()), float(finite.max()))
+        else:
+            lo, hi = 0.0, max(65535.0, float(a.max()))
+            if a.min() < 0:
+                lo = float(a.min())
+        a = np.nan_to_num((a - lo) / max(hi - lo, 1e-12), nan=0.0)
+        return Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
 def read_image(path: str | os.PathLike, size: int | None = None) -> Image.Image | None:
-    """The image at ``path`` as RGB (greyscale, palette and alpha images converted), or ``None`` with a warning if
-    PIL cannot read it.  ``size`` lets JPEG decoding skip resolution that a later resize would drop."""
+    """The image at ``path`` as 8-bit RGB (``to_rgb``: 16-bit and float images keep their range; greyscale, palette,
+    CMYK and alpha images converted; the first frame of an animation), or ``None`` with a warning if PIL cannot read
+    it.  ``size`` lets JPEG decoding skip resolution that a later resize would drop."""
     try:
         with Image.open(path) as img:
             if size and img.format == "JPEG":
                 img.draft("RGB", (size, size))
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         warnings.warn(f"skipping unreadable image {path}: {e}. Remove or replace the file.", stacklevel=2)
         return None

@@ -10,6 +10,9 @@ Each class also derives from the built-in exception a caller would expect (``Val
 """
 from __future__ import annotations
 
+import os
+import sys
+
 
 class ZFError(Exception):
     """A user error: the message is one line saying what is wrong and what to do."""
@@ -36,3 +39,15 @@ class CheckpointError(ZFError, ValueError):
 
 class OutputError(ZFError, OSError):
     """An output folder that cannot be created or written."""
+
+
+def script_main(main) -> None:
+    """Run a plain (argparse) script's ``main()``: a user error prints ``error: <one line>`` and exits with status
+    2, as the Hydra scripts do (``ZF_DEBUG=1`` shows the traceback)."""
+    try:
+        main()
+    except ZFError as e:
+        if os.environ.get("ZF_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -10,11 +10,29 @@ Any exception inside wandb is reported once as a warning, after which the tracke
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
+
+
+def wandb_host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    """Whether W&B's server answers a TCP connection within ``timeout`` seconds (online W&B without a network
+    otherwise retries for about 90 s before it fails)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 class Tracker:
@@ -38,6 +56,10 @@ class Tracker:
 
             Path(dir).mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("WANDB_SILENT", "true")
+            if mode == "online" and not reachable():
+                print(f"W&B: {wandb_host()} cannot be reached; logging offline instead (wandb sync "
+                      f"{Path(dir) / 'wandb'} later)")
+                mode = "offline"
             self.run = wandb.init(project=project, dir=str(dir), config=config, mode=mode, group=group, name=name,
                                   tags=tags, job_type=job_type, reinit="create_new")
         except Exception as e:  # noqa: BLE001 - any W&B problem must not stop the run

@@ -23,6 +23,7 @@ from typing import Sequence
 import hydra
 
 from zf.edge.tasks import cli, dispatch
+from zf.errors import script_main
 from zf.views.gallery import build_gallery
 from zf.views.render import render_run
 
@@ -109,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
     module, _, function = COMMANDS[name][0].partition(":")
-    getattr(importlib.import_module(module), function)(rest)
+    command = getattr(importlib.import_module(module), function)
+    status = []
+    script_main(lambda: status.append(command(rest)))  # a user error: one line, exit status 2
+    if isinstance(status[0], int) and status[0]:
+        sys.exit(status[0])
 
 
 if __name__ == "__main__":

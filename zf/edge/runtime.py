@@ -10,9 +10,12 @@
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +23,16 @@ import torch
 import torch.distributed as dist
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
+from hydra import compose
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf import data as zdata
 from zf.download import resolve_data_root
+from zf.edge.checks import (check_config, device_of, flag, integer, layers_from_cfg,  # noqa: F401
+                            plain, split_folder, sweep_jobs, units_from_cfg)
 from zf.errors import ConfigError, LayerError, OutputError, ZFError
+from zf.jobs.topk import check_args
 from zf.mining.cache import mine_cached
 from zf.net.layers import is_stack, resolve_layer
 from zf.net.models import build_model
@@ -42,26 +49,19 @@ def register_configs() -> None:
 register_configs()
 
 
-def plain(cfg):
-    """A resolved config as plain Python containers (plain values pass through)."""
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
-def flag(cfg: DictConfig, key: str, default: bool = False) -> bool:
-    """A true/false option of the config; anything else (``unit_figures=maybe``) is a ``ConfigError``, not truthy."""
-    v = cfg.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}={v!r}: use true or false")
-    return v
-
-
-def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-# --- from a config to library objects -----------------------------------------------------------------------
+def distributed_setup(device: torch.device) -> tuple[int, torch.device]:
+    """(rank, device) for every task under ``torchrun`` (``WORLD_SIZE`` > 1): the process group (nccl on GPUs, gloo
+    on CPUs) and, on GPUs, ``torch.cuda.set_device(LOCAL_RANK)`` so that each process uses its own GPU.  Without
+    torchrun: (``RANK`` or 0, ``device``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    return rank, device
 
 
 def model_from_cfg(cfg: DictConfig, num_classes: int | None = None) -> torch.nn.Module:
@@ -71,8 +71,17 @@ def model_from_cfg(cfg: DictConfig, num_classes: int | None = None) -> torch.nn.
     if m.name == "zfnet" and not m.get("checkpoint") and n is None:
         n = 1000
     torch.manual_seed(cfg.seed)  # weights that stay random are the same on every run and process
-    return build_model(name=m.name, checkpoint=m.get("checkpoint"), weights=m.get("weights"), num_classes=n,
-                       arch_name=m.get("arch_name"), target=m.get("target"), **plain(m.get("arch") or {}))
+    model = build_model(name=m.name, checkpoint=m.get("checkpoint"), weights=m.get("weights"), num_classes=n,
+                        arch_name=m.get("arch_name"), target=m.get("target"), **plain(m.get("arch") or {}))
+    training = str(cfg.get("task", {}).get("_target_", "")).endswith(".train")
+    if getattr(model, "zf_weights", None) == "random" and not training:
+        if str(m.get("weights")) == "random":
+            print(f"model {m.get('arch_name') or m.name}: random weights (model.weights=random), seed {cfg.seed}")
+        else:
+            warnings.warn(f"model.checkpoint=null: {m.name} runs on random weights (seed {cfg.seed}); pass "
+                          "model.weights=random to mean it, or model.checkpoint=default for the trained model",
+                          stacklevel=2)
+    return model
 
 
 def model_info(cfg: DictConfig, model: torch.nn.Module) -> dict:
@@ -88,10 +97,15 @@ def dataset_from_cfg(cfg: DictConfig, split: str | None, limit="data", size: int
     """The images of ``split`` (``train`` | ``val``: ``data.<split>_split`` under ``data.root``; a root without that
     folder, or ``split=None``, is used whole), a seeded subset of ``limit`` images (default ``data.limit``)."""
     d = data_root_from_cfg(cfg)
-    sub = d.get(f"{split}_split") if split else None
-    root = Path(d.root) / sub if sub and (Path(d.root) / sub).is_dir() else Path(d.root)
-    return zdata.ImageDataset(root, size=int(size or d.size), resize=d.resize if resize == "data" else resize,
-                              limit=d.limit if limit == "data" else limit, subset_seed=cfg.seed)
+    root = Path(d.root)
+    sub = split_folder(cfg, split)
+    root = root / sub if sub and (root / sub).is_dir() else root
+    data_size = integer(cfg, "data.size")
+    if d.get("resize") is not None:
+        integer(cfg, "data.resize")
+    return zdata.ImageDataset(root, size=int(size or data_size), resize=d.resize if resize == "data" else resize,
+                              limit=integer(cfg, "data.limit", 1, none=True) if limit == "data" else limit,
+                              subset_seed=cfg.seed)
 
 
 def data_root_from_cfg(cfg: DictConfig) -> DictConfig:
@@ -178,15 +192,13 @@ def task(job_type: str):
         @functools.wraps(fn)
         def wrapped(cfg: DictConfig):
             out = Path(cfg.paths.output_dir)
+            check_config(cfg)  # the config's own values, before the run directory, a model or any data
             try:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise OutputError(f"cannot write the run directory {out}: {e.strerror}; pass a writable "
                                   "hydra.run.dir=...") from e
-            device = device_of(cfg.get("device", "auto"))
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized() and job_type != "train":
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+            rank, device = distributed_setup(device_of(cfg.get("device", "auto")))
             lg = cfg.logger
             tracker = Tracker(project=lg.project, dir=out, config=plain(cfg), mode=lg.mode, group=lg.group,
                               name=lg.name, tags=list(lg.tags or []), enabled=rank == 0, job_type=job_type)
@@ -206,16 +218,76 @@ def dispatch(cfg: DictConfig):
     return get_method(target)(cfg)
 
 
+#: Set once a script's own function has started: a Hydra error before that (a misspelt key, a missing config
+#: group) is the user's, and ``hydra_main`` gives it zf's exit status 2 instead of Hydra's 1.
+STARTED = False
+
+
 def cli(fn, cfg: DictConfig):
     """``fn(cfg)`` for a script: a user error ends the program with its one-line message and exit status 2
-    (``debug=true`` or ``HYDRA_FULL_ERROR=1`` show the traceback)."""
+    (``debug=true`` or ``HYDRA_FULL_ERROR=1`` show the traceback); so does a full disk (naming the file) and Ctrl-C
+    (saying what was saved, exit status 130)."""
+    global STARTED
+    STARTED = True
+    debug = cfg.get("debug") or os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         return fn(cfg)
     except ZFError as e:
-        if cfg.get("debug") or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if debug:
             raise
+        _drop_refused_run(cfg)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = Path(e.filename).parent if e.filename else cfg.paths.get("output_dir", "the run directory")
+        print(f"error: no space left on the device writing {e.filename or where}: free some space in {where} "
+              "(or write elsewhere: hydra.run.dir=..., paths.cache_dir=...) and rerun", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"interrupted: {_saved(cfg)}", file=sys.stderr)
+        sys.exit(130)
+
+
+def _drop_refused_run(cfg: DictConfig) -> None:
+    """Remove the run directory of a refused run if it holds nothing but what Hydra wrote before the task started
+    (``.hydra/``, ``*.log``), so that a mistake leaves no run behind; a directory with anything else is kept."""
+    try:
+        out = Path(cfg.paths.output_dir)
+    except Exception:  # noqa: BLE001 - no run directory (composed without Hydra's runtime)
+        return
+    if not out.is_dir():
+        return
+    files = [p for p in out.rglob("*") if p.is_file()]
+    if all(p.suffix == ".log" or ".hydra" in p.relative_to(out).parts for p in files):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _saved(cfg: DictConfig) -> str:
+    """What an interrupted task left to resume from, in words."""
+    target = str(cfg.get("task", {}).get("_target_", ""))
+    out = cfg.paths.get("output_dir")
+    if target.endswith(".train"):
+        return (f"the last finished epoch is saved in {out}/checkpoints/last.pt; rerun with hydra.run.dir={out} "
+                "to resume from it")
+    return (f"the mining pass's progress is saved in the mining cache (paths.cache_dir={cfg.paths.cache_dir}); "
+            "rerun the same command to resume it")
+
+
+def hydra_main(main) -> None:
+    """Call a ``@hydra.main`` function: Hydra's own errors before the task starts (``lyer=4``: no such key,
+    ``model=foo``: no such config) exit with status 2, as zf's user errors do, instead of Hydra's 1."""
+    global STARTED
+    STARTED = False
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and not STARTED:
+            sys.exit(2)
+        raise
 
 
 class CheckOutputDir(Callback):
@@ -239,3 +311,41 @@ class CheckOutputDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.sweep.dir)
+
+
+def check_with_model(cfg: DictConfig, models: dict) -> None:
+    """``check_config`` and, for the main job, its layers and units against the model (built once per model
+    config into ``models``)."""
+    check_config(cfg)
+    if str(cfg.task.get("_target_")) != "zf.edge.tasks.topk" or cfg.get("list_layers"):
+        return
+    key = OmegaConf.to_yaml(cfg.model) + str(cfg.seed)
+    if key not in models:
+        models[key] = model_from_cfg(cfg).eval()
+    check_args(models[key], layers_from_cfg(cfg), int(cfg.k), [cfg.method], cfg.tap, cfg.display,
+               int(cfg.data.size), units_from_cfg(cfg), mine_layers=mine_layers_from_cfg(cfg, models[key]))
+
+
+class CheckSweep(Callback):
+    """Before the first job of a sweep runs, check every job's config (``check_with_model``): ``-m layer=4,99``
+    fails at once, naming job 1 and its overrides, instead of after job 0 has finished."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if config.get("debug") or "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+            return  # another sweeper expands its jobs its own way
+        models: dict = {}
+        try:
+            jobs = sweep_jobs(config)
+        except Exception:  # noqa: BLE001 - Hydra reports a sweep it cannot parse itself
+            return
+        common = set.intersection(*(set(j) for j in jobs)) if jobs else set()
+        for i, job in enumerate(jobs):
+            try:
+                cfg = compose(config.hydra.job.config_name, overrides=job)
+                check_with_model(cfg, models)
+            except ZFError as e:
+                print(f"error: sweep job {i} ({' '.join(o for o in job if o not in common)}): {e}; no job was run",
+                      file=sys.stderr)
+                sys.exit(2)
+            except Exception:  # noqa: BLE001 - not a user error: the job itself will report it
+                return

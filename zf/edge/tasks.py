@@ -13,8 +13,9 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 # the scripts call cli and dispatch from here
-from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, mine_layers_from_cfg, miner  # noqa: F401
-from zf.edge.runtime import model_from_cfg, model_info, normalize_from_cfg, plain, task
+from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, hydra_main, miner  # noqa: F401
+from zf.edge.runtime import layers_from_cfg, mine_layers_from_cfg, model_from_cfg, model_info, normalize_from_cfg
+from zf.edge.runtime import plain, task, units_from_cfg
 from zf.errors import ConfigError
 from zf.experiments import correspondence as correspondence_xp
 from zf.experiments import evolution as evolution_xp
@@ -29,7 +30,7 @@ from zf.net.layers import resolve_layer
 from zf.net.listing import format_layers, list_layers
 from zf.net.models import EVOLUTION_SNAPSHOTS, require_loaded
 from zf.projection.rules import METHODS
-from zf.training.train import TrainConfig, fit_task
+from zf.training.train import TrainConfig, check_resume, fit_task
 
 # --- the tasks ---------------------------------------------------------------------------------------------------
 
@@ -43,9 +44,7 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
         return 0.0
     normalize, transform = normalize_from_cfg(cfg, model)
     dataset = dataset_from_cfg(cfg, cfg.get("split"))
-    layers = list(cfg.layer) if OmegaConf.is_list(cfg.layer) else [cfg.layer]
-    units = cfg.units if cfg.units in (None, "overview") else [
-        int(u) for u in (cfg.units if OmegaConf.is_list(cfg.units) else [cfg.units])]
+    layers, units = layers_from_cfg(cfg), units_from_cfg(cfg)
 
     methods = [cfg.method] + ([m for m in METHODS if m != cfg.method]
                               if flag(cfg, "compare_methods") else [])
@@ -65,6 +64,8 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
 def train(cfg: DictConfig, ctx: Context) -> float:
     """Train a model (``configs/train.yaml``); returns the best validation top-1 accuracy."""
     d = cfg.data
+    if cfg.resume:  # a changed config would resume at the old settings while recording the new ones
+        check_resume(ctx.out / "checkpoints" / "last.pt", plain(cfg))
     store = int(d.resize or d.size)
     train_set = dataset_from_cfg(cfg, "train", size=store, resize=store)
     if not train_set.classes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from zf.errors import ConfigError
+from zf.errors import ConfigError, LayerError
 from zf.mining.cache import mine_cached
+from zf.net.layers import resolve_layer
 from zf.net.receptive import receptive_fields
 from zf.projection.api import activations, check_invertible
 from zf.projection.rules import METHODS
@@ -34,27 +36,44 @@ DISPLAYS = ("symmetric", "minmax")
 
 
 def check_args(model, layers: Sequence, k: int, methods: Sequence[str], tap: str, display: str,
-               image_size: int, units: Sequence[int] | None = None) -> list[str]:
+               image_size: int, units: Sequence[int] | None = None, mine_layers: Sequence = ()) -> list[str]:
     """The layer names of ``layers``, after checking every argument of the job (raises ``zf.errors`` errors, before
-    any data is read): ``k >= 1``, known methods and display, layers that exist and can be projected, and
-    ``units`` that exist in every layer."""
+    any data is read): ``k >= 1``, known methods and display, layers that exist, can be projected and have a
+    spatial output (a unit has a position in the image), ``units`` that exist in every layer, and ``mine_layers``
+    that exist (an error about them names the key: it is often the config's default, not what was typed)."""
+    if isinstance(k, bool) or int(k) != k:
+        raise ConfigError(f"k={k!r}: use a whole number of at least 1")
     if int(k) < 1:
         raise ConfigError(f"k={k}: the number of top images per unit must be at least 1")
+    if not list(layers):
+        raise ConfigError("layer=[]: give at least one layer")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"method={bad[0] if bad else None!r}: use one of {', '.join(METHODS)}")
     if display not in DISPLAYS:
         raise ConfigError(f"display={display!r}: use one of {', '.join(DISPLAYS)}")
+    for layer in mine_layers:
+        try:
+            resolve_layer(model, layer, tap)
+        except LayerError as e:
+            raise LayerError(f"mine_layers={list(mine_layers)} (mined in the same pass and cached; run.yaml's "
+                             f"default is for the ZF net): {e}; set mine_layers=[] or list this model's layers"
+                             ) from None
     names = []
     for layer in layers:
         names.append(check_invertible(model, layer, tap).name)
-    if units is not None and units != "overview":
-        probe = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
-        for name in names:
-            channels = activations(model, probe, name, tap).shape[1]
-            wrong = [u for u in units if not 0 <= int(u) < channels]
+    if units is not None and units != "overview" and not list(units):
+        raise ConfigError("units=[]: give unit numbers, null (every unit) or overview")
+    probe = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    for name in names:
+        shape = activations(model, probe, name, tap).shape
+        if len(shape) != 4:
+            raise ConfigError(f"layer={name}: its output {tuple(shape)} has no spatial positions (a fully "
+                              "connected layer?); the main job needs a layer with feature maps (N, C, H, W)")
+        if units is not None and units != "overview":
+            wrong = [u for u in units if not 0 <= int(u) < shape[1]]
             if wrong:
-                raise ConfigError(f"units={wrong}: {name} has units 0..{channels - 1}")
+                raise ConfigError(f"units={wrong}: {name} has units 0..{shape[1] - 1}")
     return names
 
 
@@ -83,7 +102,12 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
     """
     tracker = tracker or Tracker(enabled=False)
     out = Path(out)
-    targets = check_args(model, layers, k, methods, tap, display, int(transform.get("size", 224)), units)
+    targets = check_args(model, layers, k, methods, tap, display, int(transform.get("size", 224)), units,
+                         mine_layers)
+    if int(k) > len(dataset):  # more ranks than images: empty ranks, and memory that grows with k for nothing
+        warnings.warn(f"k={k} is more than the {len(dataset)} images of {dataset.files.root}: using k={len(dataset)}",
+                      stacklevel=2)
+        k = len(dataset)
     tables, cache = mine_cached(model, dataset, list(mine_layers) + targets, int(k), cache_dir, transform,
                                 normalize, tap=tap, batch_size=batch_size, num_workers=num_workers, device=device,
                                 progress=progress)
@@ -124,8 +148,9 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         print(f"gallery: {build_gallery(out)}")
     if summary["skipped"]:
         print(f"{len(summary['skipped'])} unreadable images skipped (listed in {out / 'summary.json'})")
+    n_read = len(dataset) - len(summary["skipped"])
     for layer in targets:
-        print(f"{layer}: {info_layers[layer]['units']} units, top {k} of {len(dataset)} images"
+        print(f"{layer}: {info_layers[layer]['units']} units, top {min(int(k), n_read)} of {n_read} images"
               + (f"; {len(info_layers[layer]['dead_units'])} never fire" if info_layers[layer]["dead_units"] else "")
               + f"; {info_layers[layer]['disk_mb']:.1f} MB on disk")
         for m, f in figs[layer].items():

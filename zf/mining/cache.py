@@ -12,8 +12,12 @@ are kept in ``done.json`` and restored to ``dataset.skipped`` when the cache ser
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zf.data import add_skipped
+from zf.data import add_skipped, read_image
+from zf.errors import OutputError
 from zf.mining.mine import mine
-from zf.mining.table import TopK
+from zf.mining.table import TOPK_FIELDS, TopK
 from zf.net.layers import resolve_layer
 
 
@@ -50,21 +55,74 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
     ``transform`` describes how images become model inputs (``zf.data.transform_spec``); it is part of the key.
     After the call ``dataset.skipped`` lists the unreadable files of the pass, whether it ran now or earlier."""
     names = sorted({resolve_layer(model, layer, tap).name for layer in layers})
+    check_cache_dir(cache_dir)
     key = fingerprint(model, dataset.files, {"transform": transform, "layers": names, "k": int(k), "tap": tap,
                                             "subset": dataset.indices.tolist(), "batch_size": int(batch_size)})
     folder = Path(cache_dir) / f"mine-{key}"
     done = folder / "done.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        add_skipped(dataset, info.get("skipped", []))
-        return {n: TopK.load(folder / f"{n}.npz") for n in names}, folder
+        if not _readable_now(info.get("skipped", [])):  # a skipped file that reads now: the tables are stale
+            add_skipped(dataset, info.get("skipped", []))
+            return {n: TopK.load(folder / f"{n}.npz") for n in names}, folder
+        done.unlink()
+        (folder / "partial.pt").unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
-                  device=device, normalize=normalize, state_path=folder / "partial.pt", progress=progress)
+    try:
+        tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
+                      device=device, normalize=normalize, state_path=folder / "partial.pt", progress=progress)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
+            raise
+        for f in folder.glob("*.tmp"):
+            f.unlink(missing_ok=True)
+        raise OutputError(f"no space left in the mining cache {folder} while saving the pass's progress "
+                          f"({shutil.disk_usage(folder).free / 1e6:.0f} MB free): free some space or pass "
+                          "paths.cache_dir=<another folder>") from None
     if not dist.is_initialized() or dist.get_rank() == 0:
-        for n, t in tables.items():
-            t.save(folder / f"{n}.npz")
-        done.write_text(json.dumps({"layers": names, "k": int(k), "tap": tap, "transform": transform,
-                                    "n_images": len(dataset), "skipped": sorted(set(map(str, dataset.skipped)))}))
+        need = sum(getattr(t, f).nbytes for t in tables.values() for f in TOPK_FIELDS)
+        try:
+            for n, t in tables.items():  # a temporary name, renamed once whole: no truncated table is ever served
+                tmp = folder / f"{n}.tmp.npz"
+                t.save(tmp)
+                os.replace(tmp, folder / f"{n}.npz")
+            tmp = folder / "done.json.tmp"
+            tmp.write_text(json.dumps({"layers": names, "k": int(k), "tap": tap, "transform": transform,
+                                       "n_images": len(dataset), "skipped": sorted(set(map(str, dataset.skipped)))}))
+            os.replace(tmp, done)
+        except OSError as e:
+            for f in folder.glob("*.tmp*"):
+                f.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(folder).free
+                raise OutputError(f"no space left in the mining cache {folder} (needs about {need / 1e6:.0f} MB, "
+                                  f"{free / 1e6:.0f} MB free): free some space or pass paths.cache_dir=<another "
+                                  "folder>; a rerun resumes from the saved pass") from None
+            raise
     return tables, folder
 
+
+def check_cache_dir(cache_dir: str | os.PathLike) -> Path:
+    """The mining cache folder, created if missing; ``OutputError`` naming it when it is a file or cannot be
+    written (checked before any pass)."""
+    path = Path(cache_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".zf-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        why = "is not a folder" if path.exists() and not path.is_dir() else f"cannot be written ({e.strerror})"
+        raise OutputError(f"paths.cache_dir={path} {why}: pass a writable folder, paths.cache_dir=...") from None
+    return path
+
+
+def _readable_now(skipped) -> bool:
+    """Whether any of the files a cached pass skipped reads now (restored after the pass)."""
+    for p in skipped:
+        if os.path.isfile(p):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if read_image(p) is not None:
+                    return True
+    return False

@@ -188,10 +188,15 @@ def torchvision_cache_file(arch_name: str) -> Path:
         f"file there from a machine that has it, or pass model.weights=/path/to/{Path(enum.DEFAULT.url).name}")
 
 
-def _resolve_weights(weights, name: str, cache: Callable[[], Path] | None = None):
+#: timm's version of WEIGHTS_HELP: timm has no hub-cache lookup here (``weights=cache`` is torchvision's).
+TIMM_WEIGHTS_HELP = ("pass model.weights=/path/to/model.safetensors (timm's file) or a .pth state dict, or "
+                     "model.weights=random for random weights")
+
+
+def _resolve_weights(weights, name: str, cache: Callable[[], Path] | None = None, help: str = WEIGHTS_HELP):
     """``None`` (no weights given: an error), ``"random"``, or the path to load (``"cache"`` through ``cache``)."""
     if weights is None or str(weights).strip() == "":
-        raise CheckpointError(f"model {name}: no weights given; {WEIGHTS_HELP}")
+        raise CheckpointError(f"model {name}: no weights given; {help}")
     if str(weights) == "random":
         return "random"
     if str(weights) == "download":
@@ -205,8 +210,8 @@ def _resolve_weights(weights, name: str, cache: Callable[[], Path] | None = None
 
 
 def _with_weights(model: nn.Module, weights, name: str, cache: Callable[[], Path] | None = None,
-                  partial: bool = True) -> nn.Module:
-    w = _resolve_weights(weights, name, cache)
+                  partial: bool = True, help: str = WEIGHTS_HELP) -> nn.Module:
+    w = _resolve_weights(weights, name, cache, help)
     if w == "random":
         return random_weights(model)
     if w == "download":
@@ -250,7 +255,7 @@ def timm_model(arch_name: str, num_classes: int = 1000, weights: str | os.PathLi
         model.zf_weights, model.zf_missing = f"timm:{arch_name}", []
         return model
     model = timm.create_model(arch_name, pretrained=False, num_classes=num_classes, **kwargs)
-    return _with_weights(model, weights, arch_name)
+    return _with_weights(model, weights, arch_name, help=TIMM_WEIGHTS_HELP)
 
 
 def import_target(target: str):
@@ -354,6 +359,15 @@ def build_model(name: str = "zfnet", checkpoint: str | None = None, weights: str
     if name == "zfnet":
         if num_classes is not None:
             arch["num_classes"] = num_classes
+        if str(weights) == "random":  # random wins over the config's default checkpoint
+            if checkpoint and checkpoint != "default":
+                raise ConfigError(f"model zfnet: model.weights=random and model.checkpoint={checkpoint}: give one "
+                                  "(model.checkpoint=null model.weights=random for random weights)")
+            return random_weights(zfnet(**arch)).eval()
+        if weights:  # a weights file: the checkpoint the family reads
+            if checkpoint and checkpoint != "default" and str(checkpoint) != str(weights):
+                raise ConfigError(f"model zfnet: give model.weights or model.checkpoint, not both")
+            checkpoint = weights
         if checkpoint:
             path = DEFAULT_CHECKPOINT if checkpoint == "default" else checkpoint
             return load_zfnet(path, arch)
@@ -365,7 +379,8 @@ def build_model(name: str = "zfnet", checkpoint: str | None = None, weights: str
         if weights:
             raise ConfigError(f"model {name}: give model.weights or model.checkpoint, not both")
         weights = checkpoint
-    weights = _resolve_weights(weights, arch_name or target or name) if weights != "cache" else weights
+    weights = _resolve_weights(weights, arch_name or target or name,
+                               help=TIMM_WEIGHTS_HELP if name == "timm" else WEIGHTS_HELP) if weights != "cache" else weights
     n = num_classes or 1000
     if name in ("alexnet", "vgg16"):
         if arch:

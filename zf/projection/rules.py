@@ -67,7 +67,7 @@ def check_options(method: str, seed: str, norm: str | None = None) -> None:
         raise ConfigError(f"norm={norm!r}: use one of {NORMS}")
     rule(method)
     if seed not in SEEDS:
-        raise ConfigError(f"seed={seed!r}: use one of {SEEDS}")
+        raise ConfigError(f"seed_mode={seed!r}: use one of {SEEDS}")
 
 
 def relu_rule(sig: torch.Tensor, mask: torch.Tensor | None, method: str) -> torch.Tensor:

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from zf.faults import pause_point
 from zf.mining.table import TopK
-from zf.views.results import layer_dir, read_image_paths, read_summary
+from zf.views.results import check_run_files, layer_dir, read_image_paths, read_summary
 
 # Next to this module (package data, see pyproject.toml); a plain path rather than importlib.resources, which
 # trips over the namespace-package view a stale editable install gives ``zf``.
@@ -274,6 +274,8 @@ def build_gallery(run_dir: str | os.PathLike, layers: list[str] | None = None) -
     """
     run = Path(run_dir)
     summary = read_summary(run)
+    if layers is not None:
+        check_run_files(run, layers)
     images_json = run / "images.json"
     image_paths = read_image_paths(run) if images_json.is_file() else []
     if layers is None:

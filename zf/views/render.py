@@ -162,6 +162,7 @@ def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int
     projection PNGs, per-unit images and overview figures, then the gallery.  Returns the overview figures."""
     run = Path(run)
     summary = R.read_summary(run)
+    R.check_run_files(run, methods=summary.get("methods", ()))
     figs = []
     for layer, info in summary["layers"].items():
         table = TopK.load(R.layer_dir(run, layer) / "topk.npz")

@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from zf.errors import DataError
+
 
 def layer_dir(run: str | os.PathLike, layer: str) -> Path:
     return Path(run) / "layers" / layer
@@ -50,10 +52,43 @@ def source_path(run, image_id: int) -> Path:
 
 
 def read_summary(run: str | os.PathLike) -> dict:
-    path = Path(run) / "summary.json"
+    """A run's ``summary.json``; ``DataError`` (a ``FileNotFoundError``) naming the folder when it is missing, is
+    not a run directory of ``scripts/run.py`` or holds a damaged summary."""
+    run = Path(run)
+    if not run.is_dir():
+        raise DataError(f"run directory {run} does not exist: pass a run directory of scripts/run.py "
+                        "(outputs/run/<date>)")
+    path = run / "summary.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run} a run directory of scripts/run.py?")
-    return json.loads(path.read_text())
+        raise DataError(f"{run} is not a run directory of scripts/run.py (it has no summary.json); pass one such as "
+                        "outputs/run/<date>")
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"{path} cannot be read ({e}): rerun the job that wrote {run}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("layers"), dict):
+        raise DataError(f"{path} is not a main-job summary (no \"layers\"): pass a run directory of scripts/run.py")
+    return summary
+
+
+def check_run_files(run: str | os.PathLike, layers: Sequence[str] | None = None,
+                    methods: Sequence[str] = ()) -> list[str]:
+    """The layers of a run (``layers``, default every layer of its summary), after checking that each has its
+    ``topk.npz`` and each method's ``<method>.npy``: ``DataError`` for a layer the run does not have, ``DataError``
+    naming a missing array file (deleted or never written), before anything is rewritten."""
+    run = Path(run)
+    summary = read_summary(run)
+    have = list(summary["layers"]) or sorted(p.parent.name for p in (run / "layers").glob("*/topk.npz"))
+    wanted = list(layers) if layers else have
+    unknown = [n for n in wanted if n not in have and not (layer_dir(run, n) / "topk.npz").is_file()]
+    if unknown:
+        raise DataError(f"--layers {' '.join(unknown)}: run {run} has the layers {', '.join(have)}")
+    for n in wanted:
+        for f in [layer_dir(run, n) / "topk.npz"] + [layer_dir(run, n) / f"{m}.npy" for m in methods]:
+            if not f.is_file():
+                raise DataError(f"{f} is missing: the run {run} is incomplete; rerun the job that wrote it "
+                                "(python scripts/run.py ... hydra.run.dir=<that run>)")
+    return wanted
 
 
 def read_image_paths(run: str | os.PathLike) -> list[str]:
