@@ -116,14 +116,14 @@ def test_cascade_steps_equal_randomising_from_scratch():
     table = _table([(1, [(0, 3, 3), (1, 4, 2)]), (4, [(1, 5, 5), (0, 2, 6)])], 11, 2)  # conv3: 10 px fields
     prep = S.prepare_rows(data, table, [1, 4])
     layers = S.weighted_layers(m, "conv3", "conv", 16)
-    steps = S.sanity_projections(m, prep, "features.conv3", layers, methods=["guided"], seed=5)
+    steps = S.sanity_projections(m, prep, "features.conv3", layers, methods=["guided", "deconvnet"], seed=5)
     assert [(s["mode"], s["step"], s["down_to"]) for s in steps] == [
         ("trained", 0, ""), ("cascade", 1, "conv3"), ("cascade", 2, "conv2"), ("cascade", 3, "conv1"),
         ("independent", 1, "conv3"), ("independent", 2, "conv2"), ("independent", 3, "conv1")]
     for s in steps[1:]:
         ref = S.randomize_(copy.deepcopy(m), [f"features.{n}" for n in s["randomised"]], seed=5)
-        np.testing.assert_array_equal(s["projections"]["guided"], S.project_rows(ref, prep, "features.conv3",
-                                                                                 "guided"))
+        for meth in ("guided", "deconvnet"):  # one shared forward for both methods = each projected alone
+            np.testing.assert_array_equal(s["projections"][meth], S.project_rows(ref, prep, "features.conv3", meth))
     np.testing.assert_array_equal(steps[0]["projections"]["guided"],
                                   S.project_rows(m, prep, "features.conv3", "guided"))  # model left as trained
     assert not np.array_equal(steps[1]["projections"]["guided"], steps[0]["projections"]["guided"])
