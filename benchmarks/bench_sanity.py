@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from zf.cache import mine_cached
+from zf.mining.cache import mine_cached
 from zf.data import ImageDataset, Normalize, default_data_root, transform_spec
 from zf.experiments import sanity
-from zf.layers import resolve_layer
-from zf.models import load_zfnet, vgg16
-from zf.visualize import unit_views
+from zf.net.layers import resolve_layer
+from zf.net.models import load_zfnet, vgg16
+from zf.views.visualize import unit_views
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

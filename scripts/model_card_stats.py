@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from zf.checkpoints import read_checkpoint
+from zf.net.checkpoints import read_checkpoint
 from zf.errors import CheckpointError, ZFError
 from zf.experiments.filters import high_frequency_share, similarity_to_init
 

@@ -46,7 +46,7 @@ def test_sinusoids_land_on_their_side_of_the_cut():
 
 def test_reference_values_of_the_model_card():
     # PyTorch's default init of the ZF net's conv1 (96 filters 3x7x7: white noise) and smooth 7x7 Gabor filters
-    from zf.models import zfnet
+    from zf.net.models import zfnet
 
     torch.manual_seed(0)
     assert high_frequency_share(zfnet(num_classes=10).features.conv1.weight) == pytest.approx(0.76, abs=0.02)

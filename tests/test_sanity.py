@@ -204,7 +204,7 @@ def test_gradient_similarity_after_full_randomisation_is_the_closed_form(tmp_pat
 
 
 def _tiny_checkpoint(path):
-    from zf.models import zfnet
+    from zf.net.models import zfnet
 
     torch.manual_seed(0)
     m = zfnet(num_classes=3, width=0.0625, fc=[64, 64])
@@ -234,7 +234,7 @@ def test_sanity_runs_end_to_end_through_run_py(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from zf.errors import ConfigError
-    from zf.tasks import dispatch
+    from zf.edge.tasks import dispatch
 
     for opt, msg in (("sanity.init=xavier", "sanity.init='xavier'"), ("sanity.modes=[all]", "sanity.modes")):
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

@@ -42,17 +42,29 @@ Choices (the papers are silent on unit projections; each is an argument, ``confi
 from __future__ import annotations
 
 import copy
+import json
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
+from scipy.stats import spearmanr
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..graph import METHODS
-from ..results import TopK
+from zf.data import Normalize
+from zf.errors import ConfigError
+from zf.mining.table import TopK
+from zf.net.layers import TAPS, is_stack, layer_table, resolve_layer
+from zf.net.modules import capture, eval_mode, find_module, module_paths
+from zf.projection import stack
+from zf.projection.api import project_windows
+from zf.projection.rules import METHODS, SEEDS
+from zf.views.results import save_figure, write_csv
+from zf.views.visualize import crop_boxes, display, image_hw, in_boxes, load_items, view_boxes, view_shape
 
 MODES = ("cascade", "independent")
 INITS = ("default", "normal")
@@ -72,8 +84,6 @@ def weighted_layers(model: nn.Module, layer, tap: str = "relu", input_size: int 
     runs before ``layer``'s output (``zf.layers.resolve_layer(model, layer, tap)``), in forward order (bottom
     first).  Names are ``zf.layers``'s (``conv1``, ``conv5_3``) for ``features`` stacks, module paths otherwise.
     One forward on zeros of ``input_size``, stopped at the target."""
-    from ..graph import capture, eval_mode, module_paths
-    from ..layers import is_stack, layer_table, resolve_layer
 
     target = target_layer(model, layer, tap).path
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
@@ -97,7 +107,6 @@ def target_layer(model: nn.Module, layer, tap: str = "conv"):
     """The ``zf.layers.Layer`` the projections start from: ``resolve_layer(model, layer, tap)``, except that for a
     ``features`` stack and ``tap="conv"`` a name past the convolution (``relu4``, the mined table's name) walks
     back to it (``conv4``): same channels and positions.  Other models: the module ``layer`` names."""
-    from ..layers import is_stack, layer_table, resolve_layer
 
     lay = resolve_layer(model, layer, tap)
     if tap != "conv" or not is_stack(model) or isinstance(lay.module, (nn.Conv2d, nn.Linear)):
@@ -120,7 +129,6 @@ def randomize_(model: nn.Module, paths: Sequence[str], init: str = "default", se
     ``bias``), each from its seed (``layer_seed``) on the CPU; every other parameter and buffer is untouched.
     ``init``: ``"default"`` (the module's ``reset_parameters``) or ``"normal"`` (weights N(0, ``std``), biases 0).
     Returns ``model``."""
-    from ..graph import find_module
 
     if init not in INITS:
         raise ConfigError(f"sanity.init={init!r}: use one of {INITS}")
@@ -179,7 +187,6 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1
     gaussian_weights=True, use_sample_covariance=False, data_range=...)`` computes it: filter with
     ``scipy.ndimage.gaussian_filter`` (mode ``reflect``), then average the SSIM map over the pixels at least
     (window - 1) / 2 from the border (the window is 11 for sigma 1.5); a map too small for that keeps every pixel."""
-    from scipy.ndimage import gaussian_filter
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 2:
@@ -198,7 +205,6 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1
 def similarity(trained: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """(Spearman rank correlation of the absolute maps, SSIM of the normalised absolute maps) between two
     projections (3, h, w); NaN for both when either map is zero everywhere (or constant: no ranks)."""
-    from scipy.stats import spearmanr
 
     a, b = abs_map(trained), abs_map(other)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -227,8 +233,6 @@ class Rows:
 def prepare_rows(dataset, table: TopK, units: Sequence[int], normalize=None, device="cpu", fill: int = 128
                  ) -> Rows:
     """Load the images of ``units``' rows of ``table`` once (as ``zf.visualize.unit_views`` does)."""
-    from ..data import Normalize
-    from ..visualize import _image_hw, _load, crop_boxes, view_boxes, view_shape
 
     sub = table.select([int(u) for u in units])
     img = sub.image
@@ -236,12 +240,12 @@ def prepare_rows(dataset, table: TopK, units: Sequence[int], normalize=None, dev
     ids = np.unique(img[valid])
     if len(ids) == 0:
         raise ConfigError("sanity: the chosen units have no mined rows (empty data set?)")
-    raw = _load(dataset, ids)
+    raw = load_items(dataset, ids)
     local = {int(g): i for i, g in enumerate(ids)}
     uu, rr = np.nonzero(valid)
     rows = torch.tensor(np.stack([[local[int(g)] for g in img[uu, rr]], sub.units[uu], sub.y[uu, rr],
                                   sub.x[uu, rr]], 1), dtype=torch.long)
-    sh, sw = view_shape(sub, _image_hw(dataset))
+    sh, sw = view_shape(sub, image_hw(dataset))
     boxes = torch.as_tensor(sub.box[uu, rr])
     views = view_boxes(boxes, *raw.shape[2:])
     patches = np.zeros((len(sub.units), sub.k, sh, sw, 3), np.uint8)
@@ -255,12 +259,10 @@ def project_rows(model: nn.Module, prep: Rows, layer, method: str, tap: str = "c
                  ) -> np.ndarray:
     """float32 (U, k, 3, h, w): each row of ``prep`` projected with ``method`` through ``model`` (any weights),
     in its view (zero for empty ranks)."""
-    from ..deconv import project_windows
-    from ..visualize import _in_boxes
 
     win, corners = project_windows(model, prep.x, prep.rows, layer, method=method, seed=seed_mode, tap=tap)
     out = np.zeros((*prep.grid, 3, *prep.shape), np.float32)
-    out[prep.uu, prep.rr] = _in_boxes(win.detach().cpu().float().numpy(), corners.cpu().numpy(), prep.views,
+    out[prep.uu, prep.rr] = in_boxes(win.detach().cpu().float().numpy(), corners.cpu().numpy(), prep.views,
                                       prep.shape)
     return out
 
@@ -268,46 +270,16 @@ def project_rows(model: nn.Module, prep: Rows, layer, method: str, tap: str = "c
 def project_rows_methods(model: nn.Module, prep: Rows, layer, methods: Sequence[str], tap: str = "conv",
                          seed_mode: str = "one") -> dict[str, np.ndarray]:
     """{method: ``project_rows(model, prep, layer, method, ...)``} with one forward pass for all methods on a
-    ``features`` stack that ``zf.deconv``'s window path reverses (the forward, which records the switches and ReLU
-    masks, is the same for the three; half the cost of a projection at relu4); other models: one call per method."""
-    from ..deconv import _check_rows, _forward_features, _reverse_windows, _row_chunk, _target, fast_path
-    from ..visualize import _in_boxes
-
-    t = _target(model, layer, tap) if fast_path(model) else None
+    ``features`` stack that the stack engine reverses (the forward, which records the switches and ReLU masks, is
+    the same for the three: about half the cost of a projection at relu4); other models: one call per method."""
+    t = stack.target(model, layer, tap) if stack.fast_path(model) else None
     if t is None or t.head is not None or len(methods) < 2:
         return {m: project_rows(model, prep, layer, m, tap, seed_mode) for m in methods}
-    x, rows = prep.x, prep.rows
-    win = {m: None for m in methods}
-    corners = torch.zeros(len(rows), 2, dtype=torch.long, device=x.device)
-    order = torch.argsort(rows[:, 0], stable=True)
-    uniq = torch.unique(rows[:, 0])
-    for u0 in range(0, len(uniq), 32):
-        ids = uniq[u0:u0 + 32]
-        with torch.no_grad():
-            acts, recs = _forward_features(model.features, x[ids], t.stop, masks=True)
-        local = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
-        local[ids] = torch.arange(len(ids), device=x.device)
-        sel = order[local[rows[order, 0]] >= 0]
-        sub = rows[sel]
-        _check_rows(sub, acts.shape, t.layer)
-        bs = _row_chunk(model.features, t.stop, acts.shape[1])
-        for b0 in range(0, len(sel), bs):
-            r, idx = sub[b0:b0 + bs], sel[b0:b0 + bs]
-            img, ch, y, xx = local[r[:, 0]], r[:, 1], r[:, 2], r[:, 3]
-            seed = torch.zeros(len(r), acts.shape[1], 1, 1, dtype=acts.dtype, device=x.device)
-            seed[torch.arange(len(r), device=x.device), ch, 0, 0] = acts[img, ch, y, xx] \
-                if seed_mode == "activation" else 1.0
-            for m in methods:
-                with torch.no_grad():
-                    w, oy, ox = _reverse_windows(model.features, recs, t.stop, seed, img, y, xx, m, "identity")
-                if win[m] is None:
-                    win[m] = w.new_zeros(len(rows), *w.shape[1:])
-                win[m][idx] = w
-            corners[idx, 0], corners[idx, 1] = oy, ox
+    wins, corners = stack.windows(model, t, prep.x, prep.rows, list(methods), seed_mode, "identity", None, 32)
     out = {}
     for m in methods:
         o = np.zeros((*prep.grid, 3, *prep.shape), np.float32)
-        o[prep.uu, prep.rr] = _in_boxes(win[m].cpu().float().numpy(), corners.cpu().numpy(), prep.views, prep.shape)
+        o[prep.uu, prep.rr] = in_boxes(wins[m].cpu().float().numpy(), corners.cpu().numpy(), prep.views, prep.shape)
         out[m] = o
     return out
 
@@ -319,7 +291,6 @@ def sanity_projections(model: nn.Module, prep: Rows, layer, layers: Sequence[tup
     """Every projection of the test: a list of steps, each {mode, step, randomised (names, top first), down_to,
     projections {method: (U, k, 3, h, w)}}; the first is the trained net (mode ``trained``, step 0).  ``model`` is
     never changed (the randomised nets are copies)."""
-    from tqdm.auto import tqdm
 
     for m in modes:
         if m not in MODES:
@@ -393,7 +364,6 @@ def sanity_figure(steps: list[dict], patches: np.ndarray, units: Sequence[int], 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..visualize import display
 
     cols = [steps[0]] + [s for s in steps if s["mode"] == mode]
     methods = list(steps[0]["projections"])
@@ -450,8 +420,6 @@ def curves_figure(summary: list[dict], layer: str = ""):
 def check_args(methods: Sequence[str], modes: Sequence[str], init: str, tap: str = "conv",
                seed_mode: str = "one") -> None:
     """One-line ``ConfigError``s for the experiment's options, before any pass over the data."""
-    from ..graph import SEEDS
-    from ..layers import TAPS
 
     for key, vals, allowed in (("methods", methods, METHODS), ("modes", modes, MODES)):
         bad = [v for v in vals if v not in allowed]
@@ -476,10 +444,7 @@ def run(model: nn.Module, dataset, table: TopK, layer: str, out, *, units: Seque
     under ``out``; logged to ``tracker``.  ``layer`` is the table's layer name; the projections start from
     ``resolve_layer(model, layer, tap)`` (same channels and positions).  Returns the deconvnet's median Spearman
     after the full cascade (NaN without it)."""
-    import json
-    from pathlib import Path
 
-    from ..results import save_figure, write_csv
 
     check_args(methods, modes, init, tap, seed_mode)
     out = Path(out)
