@@ -86,6 +86,16 @@ def test_accuracy_on_a_fixed_val_slice_matches_the_model_card(imagenette):
             pred = model(x).argmax(1)
             correct += int((pred == torch.tensor(labels[b:b + 100])).sum())
     assert correct / len(files) == pytest.approx(SLICE_TOP1, abs=TOP1_TOL), f"{correct} of {len(files)}"
+    assert json.loads(CARD.read_text())["slice"]["top1"] == SLICE_TOP1  # the card's JSON states the same slice
+
+
+def test_conv1_high_frequency_share_matches_the_model_card(state):
+    # the card's number (zfnet_imagenette.json) against the checkpoint's own conv1, read from the file here
+    from zf.experiments.filters import high_frequency_share
+
+    card = json.loads(CARD.read_text())
+    w = state["model"]["features.conv1.weight"].float()
+    assert high_frequency_share(w) == pytest.approx(card["conv1_hf_share"], abs=1e-4)
 
 
 def test_feature_snapshots_for_fig4_load_into_the_model(state):

@@ -24,6 +24,7 @@ from zf.experiments import invariance as invariance_xp
 from zf.experiments import methods as methods_xp
 from zf.experiments import occlusion as occlusion_xp
 from zf.experiments import probe as probe_xp
+from zf.experiments import sanity as sanity_xp
 from zf.experiments.features import grey_fill, load_images
 from zf.jobs.topk import topk_job
 from zf.net.layers import resolve_layer
@@ -214,3 +215,25 @@ def methods(cfg: DictConfig, ctx: Context) -> float:
                           n_units=int(m.n_units), methods=list(m.compare), normalize=normalize, tap=cfg.tap,
                           seed=int(cfg.seed), display_mode=cfg.display, device=ctx.device, dpi=int(cfg.dpi),
                           tracker=ctx.tracker)
+
+
+@task("sanity")
+def sanity(cfg: DictConfig, ctx: Context) -> float:
+    """The model-parameter randomisation test of Adebayo et al. on one layer's top-k rows (``experiment=sanity``)."""
+    model = model_from_cfg(cfg).eval().to(ctx.device)
+    normalize, transform = normalize_from_cfg(cfg, model)
+    dataset = dataset_from_cfg(cfg, cfg.split)
+    layer = resolve_layer(model, cfg.layer, cfg.tap).name
+    s = cfg.sanity
+    for key in ("methods", "modes"):
+        if not OmegaConf.is_list(s[key]):
+            raise ConfigError(f"sanity.{key}={s[key]!r}: give a list, e.g. sanity.{key}=[{s[key]}]")
+    sanity_xp.check_args(list(s.methods), list(s.modes), s.init, s.tap, s.seed_mode)  # before the mining pass
+    table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
+        model, dataset, list(cfg.mine_layers or []) + [layer])[layer]
+    return sanity_xp.run(model, dataset, table, layer, ctx.out, units=list(s.units) if s.get("units") else None,
+                         n_units=int(s.n_units), methods=list(s.methods), modes=list(s.modes), init=s.init,
+                         std=float(s.std), seed=int(s.seed), tap=s.tap, seed_mode=s.seed_mode,
+                         show_units=int(s.show_units), normalize=normalize, display_mode=cfg.display,
+                         device=ctx.device, dpi=int(cfg.dpi), tracker=ctx.tracker, info=model_info(cfg, model),
+                         progress=flag(cfg, "progress", True))

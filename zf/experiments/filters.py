@@ -69,6 +69,61 @@ def filter_stats(weight: torch.Tensor, dead: float = 0.25, pad: int = 32) -> dic
             "dead_fraction": float((rms < dead * med).double().mean()), "band_energy": bands}
 
 
+#: ``high_frequency_share``'s defaults: a 14x14 DFT (a 7x7 filter zero-padded to twice its side) and the cut at
+#: 1/4 cycle per pixel, half of Nyquist
+HF_SIZE, HF_CUTOFF = 14, 0.25
+
+
+def high_frequency_share(weight: torch.Tensor, size: int = HF_SIZE, cutoff: float = HF_CUTOFF) -> float:
+    """The share of a layer's filter energy above ``cutoff`` cycles per pixel: a number for how much of a first
+    layer is pixel-scale noise rather than the edges and colour blobs of the paper's Fig. 6.
+
+    For each filter of ``weight`` (C_out, C_in, k, k): its mean over all its weights is removed (a flat colour
+    blob is not high frequency; it adds only DC), the ``size`` x ``size`` DFT (zero-padded) of each input channel
+    is taken, and the power is summed over channels.  A frequency (fy, fx) counts as high when it lies above
+    ``cutoff`` along either axis, max(|fy|, |fx|) > cutoff (the square band, the one that gives the model card's
+    reference values: 0.76 for PyTorch's default init of a 96-filter conv1, i.e. white noise, 0.19 for smooth 7x7
+    Gabor filters; the radial band, sqrt(fy^2 + fx^2) > cutoff, gives 0.82 and 0.33 for the same filters).  The
+    share is the high power over the filter's total; the result is its mean over filters.  A filter that is
+    constant (all energy removed with the mean) counts as 0.  The paper has no such number; it shows the filters
+    (Fig. 6)."""
+    w = weight.detach().double().cpu()
+    if w.dim() != 4:
+        raise ValueError(f"high_frequency_share: weight must be (C_out, C_in, k, k), got {tuple(w.shape)}")
+    size = max(int(size), w.shape[-2], w.shape[-1])
+    energy = w.pow(2).sum(dim=(1, 2, 3))
+    w = w - w.mean(dim=(1, 2, 3), keepdim=True)
+    power = torch.fft.fft2(w, s=(size, size)).abs().pow(2).sum(1)  # (C_out, size, size)
+    f = torch.fft.fftfreq(size, dtype=torch.float64).abs()
+    high = torch.maximum(f[:, None], f[None, :]) > cutoff
+    total = power.sum(dim=(1, 2))
+    flat = total <= 1e-20 * energy  # constant (or zero) filters: what is left is rounding
+    share = torch.where(flat, 0.0, (power * high).sum(dim=(1, 2)) / total.clamp(min=1e-300))
+    return float(share.mean())
+
+
+def similarity_to_init(state: dict, init_state: dict) -> dict[str, float]:
+    """How far training moved each conv layer from its initial weights: {layer: mean over its filters of the
+    cosine similarity between the filter (all its weights, flattened) and the same filter in ``init_state``}.
+
+    ``state`` and ``init_state`` are state dicts (``features_epoch000.pt``'s ``features``, a checkpoint's
+    ``model``); every 4-D ``*.weight`` present in both is a conv layer, named by its key without ``.weight``
+    (``features.conv1``).  1 = untouched (or only rescaled), 0 = no trace of the init.  A filter that is zero in
+    either counts as 0.  Shapes that differ are a ``ValueError`` naming the key."""
+    out = {}
+    for key, w in state.items():
+        if not key.endswith(".weight") or getattr(w, "dim", lambda: 0)() != 4 or key not in init_state:
+            continue
+        a, b = w.detach().double().cpu().flatten(1), init_state[key].detach().double().cpu().flatten(1)
+        if a.shape != b.shape:
+            raise ValueError(f"similarity_to_init: {key} is {tuple(w.shape)} but {tuple(init_state[key].shape)} "
+                             "at init; compare checkpoints of the same run")
+        den = a.norm(dim=1) * b.norm(dim=1)
+        cos = torch.where(den > 0, (a * b).sum(1) / den.clamp(min=1e-300), torch.zeros_like(den))
+        out[key[:-len(".weight")]] = float(cos.mean())
+    return out
+
+
 def filters_figure(weights: dict[str, torch.Tensor], title: str | None = None, scale: int = 4):
     """Layer-1 filter grids side by side, one panel per entry of ``weights`` ({panel title: (C_out, 3, k, k)});
     each filter contrast-stretched on its own (``zf.views.plotting.filter_grid``).  Returns (fig, axes)."""

@@ -370,15 +370,19 @@ def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float 
 
 def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk):
     """Projections of ``rows`` (checked) inside their receptive-field windows and the windows' corners (see
-    ``zf.projection.api.project_windows``)."""
+    ``zf.projection.api.project_windows``).  ``method`` may also be a list of methods: then the projections are
+    ``{method: windows}``, all from one forward pass (its switches and masks serve every method)."""
     dev = images.device
-    out, corners = None, torch.zeros(len(rows), 2, dtype=torch.long, device=dev)
+    many = not isinstance(method, str)
+    methods = list(method) if many else [method]
+    out, corners = dict.fromkeys(methods), torch.zeros(len(rows), 2, dtype=torch.long, device=dev)
     order = torch.argsort(rows[:, 0], stable=True)
     uniq = torch.unique(rows[:, 0])
     for u0 in range(0, len(uniq), images_per_chunk):
         ids = uniq[u0:u0 + images_per_chunk]
         with torch.no_grad():
-            acts, recs = _forward_features(model.features, images[ids], t.stop, masks=method != "deconvnet",
+            acts, recs = _forward_features(model.features, images[ids], t.stop,
+                                           masks=any(m != "deconvnet" for m in methods),
                                            lrn_inputs=norm == "gradient")
         local = torch.full((len(images),), -1, dtype=torch.long, device=dev)
         local[ids] = torch.arange(len(ids), device=dev)
@@ -393,15 +397,17 @@ def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_c
             sig = torch.zeros(len(r), acts.shape[1], 1, 1, dtype=acts.dtype, device=dev)
             ar = torch.arange(len(r), device=dev)
             sig[ar, ch, 0, 0] = acts[img, ch, y, x] if seed == "activation" else 1.0
-            with torch.no_grad():
-                win, oy, ox = _reverse_windows(model.features, recs, t.stop, sig, img, y, x, method, norm)
-            if out is None:
-                out = win.new_zeros(len(rows), *win.shape[1:])
-            out[idx] = win
+            for m in methods:
+                with torch.no_grad():
+                    win, oy, ox = _reverse_windows(model.features, recs, t.stop, sig, img, y, x, m, norm)
+                if out[m] is None:
+                    out[m] = win.new_zeros(len(rows), *win.shape[1:])
+                out[m][idx] = win
             corners[idx, 0], corners[idx, 1] = oy, ox
-    if out is None:  # no rows
-        out = images.new_zeros(0, images.shape[1], 1, 1)
-    return out, corners
+    for m in methods:
+        if out[m] is None:  # no rows
+            out[m] = images.new_zeros(0, images.shape[1], 1, 1)
+    return (out if many else out[method]), corners
 
 
 def project_full(model, t: Target, images, rows, method, seed, norm, batch_size):

@@ -128,7 +128,7 @@ def display(projection: np.ndarray | torch.Tensor, mode: str = "symmetric", perc
     return np.moveaxis(v, -3, -1)
 
 
-def _load(dataset, ids: Sequence[int]) -> torch.Tensor:
+def load_items(dataset, ids: Sequence[int]) -> torch.Tensor:
     items = [dataset[int(i)] for i in ids]
     bad = [int(i) for i, it in zip(ids, items) if it is None]
     if bad:
@@ -153,7 +153,7 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
     normalize = (normalize or Normalize()).to(device)
     units = [int(u) for u in units]
     k = table.k
-    sh, sw = view_shape(table, _image_hw(dataset))
+    sh, sw = view_shape(table, image_hw(dataset))
     patches = np.zeros((len(units), k, sh, sw, 3), np.uint8)
     projections = np.zeros((len(units), k, 3, sh, sw), np.float32)
     pos = {u: i for i, u in enumerate(table.units.tolist())}
@@ -166,7 +166,7 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         ids = np.unique(img[valid])
         if len(ids) == 0:
             continue
-        raw = _load(dataset, ids)                               # uint8 (n, 3, H, W)
+        raw = load_items(dataset, ids)                               # uint8 (n, 3, H, W)
         local = {int(g): i for i, g in enumerate(ids)}
         uu, rr = np.nonzero(valid)
         rows = torch.tensor(np.stack([[local[int(g)] for g in img[uu, rr]], np.array(chunk)[uu],
@@ -179,12 +179,12 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         views = view_boxes(boxes, *raw.shape[2:])
         crops = crop_boxes(raw[rows[:, 0]], views, fill, inside=boxes)  # (R, 3, sh, sw) uint8
         patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
-        projections[c0 + uu, rr] = _in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
+        projections[c0 + uu, rr] = in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
                                              (sh, sw))
     return patches, projections
 
 
-def _image_hw(dataset) -> tuple[int, int]:
+def image_hw(dataset) -> tuple[int, int]:
     """The (H, W) of the data set's images: its ``size`` (``zf.data`` sets are square), else its first image's."""
     size = getattr(dataset, "size", None)
     if isinstance(size, int):
@@ -196,7 +196,7 @@ def _image_hw(dataset) -> tuple[int, int]:
     return 1 << 30, 1 << 30  # no readable image: nothing to clip against
 
 
-def _in_boxes(win: np.ndarray, corners: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def in_boxes(win: np.ndarray, corners: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Windows (R, 3, h, w) with image corners (R, 2) placed into their views (R, 4: y0, y1, x0, x1; all of one
     ``shape``).
 
