@@ -18,11 +18,11 @@ from zf.net.models import DEFAULT_CHECKPOINT, load_zfnet
 CARD = DEFAULT_CHECKPOINT.with_suffix(".json")
 EVOLUTION = DEFAULT_CHECKPOINT.parent / "evolution"
 
-# checkpoints/MODEL_CARD.md: "fixed slice checked by tests/test_checkpoint.py | 81.0% on 500 val images
-# (limit=500, subset_seed=0)", and "val top-1 80.6%" on the full val split (3,925 images).
-SLICE_IMAGES, SLICE_SEED, SLICE_TOP1 = 500, 0, 0.810
-FULL_VAL_TOP1 = 0.806
-# The weights are stored as float16; the model card measured float16 and float32 weights to the same top-1 on all
+# zf/weights/MODEL_CARD.md: "fixed slice checked by tests/test_checkpoint.py | 79.4% on 500 val images
+# (limit=500, subset_seed=0)", and "val top-1 80.2%" on the full val split (3,925 images).
+SLICE_IMAGES, SLICE_SEED, SLICE_TOP1 = 500, 0, 0.794
+FULL_VAL_TOP1 = 0.8018
+# The weights are stored as float16; the previous model card measured float16 and float32 weights to the same top-1 on all
 # 3,925 val images.  Rounding differences (float16 storage, this loop's resize against the library's) may flip an
 # image sitting on a decision boundary: allow 2 of the 500 (0.4%), far below what a broken checkpoint would lose.
 TOP1_TOL = 2 / SLICE_IMAGES
@@ -112,3 +112,15 @@ def test_feature_snapshots_for_fig4_load_into_the_model(state):
     w1, w = first["features"]["features.conv1.weight"].float(), model.features.conv1.weight
     # epoch 1 is far from the end: a relative change of conv1 well above float16 rounding
     assert ((w1 - w).norm() / w.norm()).item() > 0.1
+
+
+def test_shipped_filters_moved_away_from_their_seeded_init(state):
+    # the card's similarity of every conv layer to its own initial weights (zfnet_imagenette_init.pt, written by
+    # training before its first step), recomputed from the two files; the issue's bar is 0.3 for every layer
+    from zf.experiments.filters import similarity_to_init
+
+    card = json.loads(CARD.read_text())
+    init = torch.load(DEFAULT_CHECKPOINT.parent / "zfnet_imagenette_init.pt", weights_only=True)["features"]
+    got = similarity_to_init(state["model"], init)
+    assert got == pytest.approx(card["similarity_to_init"], abs=1e-3)
+    assert max(got.values()) <= 0.3 and card["conv1_hf_share"] <= 0.3
