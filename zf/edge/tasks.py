@@ -230,7 +230,7 @@ def sanity(cfg: DictConfig, ctx: Context) -> float:
             raise ConfigError(f"sanity.{key}={s[key]!r}: give a list, e.g. sanity.{key}=[{s[key]}]")
     sanity_xp.check_args(list(s.methods), list(s.modes), s.init, s.tap, s.seed_mode)  # before the mining pass
     table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
-        model, dataset, list(cfg.mine_layers or []) + [layer])[layer]
+        model, dataset, mine_layers_from_cfg(cfg, model) + [layer])[layer]
     return sanity_xp.run(model, dataset, table, layer, ctx.out, units=list(s.units) if s.get("units") else None,
                          n_units=int(s.n_units), methods=list(s.methods), modes=list(s.modes), init=s.init,
                          std=float(s.std), seed=int(s.seed), tap=s.tap, seed_mode=s.seed_mode,
