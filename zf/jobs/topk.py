@@ -115,7 +115,7 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         return None
     id_paths = [str(dataset.path(i)) for i in range(len(dataset))]
     (out / "images.json").write_text(json.dumps(id_paths))
-    rfs = receptive_fields(model, input_size=int(transform.get("size", 224)))
+    rfs = receptive_fields(model, input_size=int(transform.get("size", 224)), paths=list(targets))
     info_layers, figs, selected = {}, {}, {}
     listed = None if units is None or units == "overview" else [int(u) for u in units]
     for layer in targets:
