@@ -212,7 +212,7 @@ def run_readme(project, command: str) -> subprocess.CompletedProcess:
         return serve_readme(project, command, script, args)
     before = {p: set((project["proj"] / "outputs" / p).glob("*")) for p in ("run", "train")}
     p = subprocess.run([sys.executable, script, *args], cwd=project["proj"], env=project["env"], capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=900)
     assert p.returncode == 0, f"{command}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
     for kind, key in (("run", "<date>"), ("train", "<run>")):
         new = set((project["proj"] / "outputs" / kind).glob("*")) - before[kind] - {project["proj"] / "outputs" /
