@@ -4,7 +4,7 @@ for every job of a sweep before the first job runs (``zf.edge.runtime.CheckSweep
 ``configs/hydra/default.yaml``).
 
 What a check can only know with the model (a layer that does not exist, a unit past the last channel) is checked by
-the library before its data pass (``zf.job.check_args``); ``CheckSweep`` builds each job's model for that too.
+the library before its data pass (``zf.jobs.topk.check_args``); ``CheckSweep`` builds each job's model for that too.
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def check_run(cfg: DictConfig) -> None:
 
 
 def check_train(cfg: DictConfig) -> None:
-    """Training's values (``configs/train.yaml``): ``zf.train.check_train_config`` and the data's."""
+    """Training's values (``configs/train.yaml``): ``zf.training.train.check_train_config`` and the data's."""
     check_train_config(TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)))
     device_of(cfg.get("device", "auto"))
     check_data(cfg)
