@@ -201,15 +201,25 @@ def probe(cfg: DictConfig, ctx: Context) -> float:
                         dpi=int(cfg.dpi), tracker=ctx.tracker)
 
 
+def _one_layer(cfg: DictConfig, ctx: Context):
+    """An experiment on one layer's top-k rows: the model (eval, on the device), ``Normalize``, the transform spec,
+    the data set of ``split`` and the layer's name."""
+    model = model_from_cfg(cfg).eval().to(ctx.device)
+    normalize, transform = normalize_from_cfg(cfg, model)
+    return model, normalize, transform, dataset_from_cfg(cfg, cfg.split), resolve_layer(model, cfg.layer, cfg.tap).name
+
+
+def _mined_table(cfg: DictConfig, ctx: Context, model, dataset, layer: str, transform, normalize):
+    """``layer``'s top-k table, mined with ``mine_layers`` through the main job's cache."""
+    return miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
+        model, dataset, mine_layers_from_cfg(cfg, model) + [layer])[layer]
+
+
 @task("methods")
 def methods(cfg: DictConfig, ctx: Context) -> float:
     """Deconvnet vs guided backpropagation vs gradient on the same rows (``experiment=methods``)."""
-    model = model_from_cfg(cfg).eval().to(ctx.device)
-    normalize, transform = normalize_from_cfg(cfg, model)
-    dataset = dataset_from_cfg(cfg, cfg.split)
-    layer = resolve_layer(model, cfg.layer, cfg.tap).name
-    table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
-        model, dataset, mine_layers_from_cfg(cfg, model) + [layer])[layer]
+    model, normalize, transform, dataset, layer = _one_layer(cfg, ctx)
+    table = _mined_table(cfg, ctx, model, dataset, layer, transform, normalize)
     m = cfg.methods
     return methods_xp.run(model, dataset, table, layer, ctx.out, units=list(m.units) if m.get("units") else None,
                           n_units=int(m.n_units), methods=list(m.compare), normalize=normalize, tap=cfg.tap,
@@ -220,17 +230,13 @@ def methods(cfg: DictConfig, ctx: Context) -> float:
 @task("sanity")
 def sanity(cfg: DictConfig, ctx: Context) -> float:
     """The model-parameter randomisation test of Adebayo et al. on one layer's top-k rows (``experiment=sanity``)."""
-    model = model_from_cfg(cfg).eval().to(ctx.device)
-    normalize, transform = normalize_from_cfg(cfg, model)
-    dataset = dataset_from_cfg(cfg, cfg.split)
-    layer = resolve_layer(model, cfg.layer, cfg.tap).name
+    model, normalize, transform, dataset, layer = _one_layer(cfg, ctx)
     s = cfg.sanity
     for key in ("methods", "modes"):
         if not OmegaConf.is_list(s[key]):
             raise ConfigError(f"sanity.{key}={s[key]!r}: give a list, e.g. sanity.{key}=[{s[key]}]")
     sanity_xp.check_args(list(s.methods), list(s.modes), s.init, s.tap, s.seed_mode)  # before the mining pass
-    table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
-        model, dataset, mine_layers_from_cfg(cfg, model) + [layer])[layer]
+    table = _mined_table(cfg, ctx, model, dataset, layer, transform, normalize)
     return sanity_xp.run(model, dataset, table, layer, ctx.out, units=list(s.units) if s.get("units") else None,
                          n_units=int(s.n_units), methods=list(s.methods), modes=list(s.modes), init=s.init,
                          std=float(s.std), seed=int(s.seed), tap=s.tap, seed_mode=s.seed_mode,
