@@ -29,6 +29,17 @@ from .results import TopK
 def fingerprint(model: nn.Module, files, extra: dict) -> str:
     """A 16-hex key for ``model``'s weights, the files of ``files`` (a ``zf.data.ImageList``: names, sizes, times)
     and ``extra`` (any JSON-able dict)."""
+    return _keyed(_hasher(model, files), extra)
+
+
+def _keyed(h, extra: dict) -> str:
+    h = h.copy()
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _hasher(model: nn.Module, files):
+    """sha256 of the model's weights and the files (``fingerprint`` without its ``extra``)."""
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     for name, t in model.state_dict().items():
@@ -37,8 +48,7 @@ def fingerprint(model: nn.Module, files, extra: dict) -> str:
     for p in files.paths:
         st = p.stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(json.dumps(extra, sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return h
 
 
 def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: str | Path, transform: dict,
@@ -51,10 +61,15 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
     import torch.distributed as dist
 
     names = sorted({resolve_layer(model, layer, tap).name for layer in layers})
-    key = fingerprint(model, dataset.files, {"transform": transform, "layers": names, "k": int(k), "tap": tap,
-                                            "subset": dataset.indices.tolist(), "batch_size": int(batch_size)})
+    h = _hasher(model, dataset.files)
+    extra = {"transform": transform, "k": int(k), "tap": tap, "subset": dataset.indices.tolist(),
+             "batch_size": int(batch_size)}
+    key, base = _keyed(h, {**extra, "layers": names}), _keyed(h, extra)
     folder = Path(cache_dir) / f"mine-{key}"
     done = folder / "done.json"
+    if not done.is_file():  # a pass that mined these layers among others serves them too
+        done = next((d for d in sorted(Path(cache_dir).glob("mine-*/done.json")) if _serves(d, base, names)), done)
+        folder = done.parent
     if done.is_file():
         info = json.loads(done.read_text())
         add_skipped(dataset, info.get("skipped", []))
@@ -65,7 +80,18 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
     if not dist.is_initialized() or dist.get_rank() == 0:
         for n, t in tables.items():
             t.save(folder / f"{n}.npz")
-        done.write_text(json.dumps({"layers": names, "k": int(k), "tap": tap, "transform": transform,
+        done.write_text(json.dumps({"layers": names, "base": base, "k": int(k), "tap": tap, "transform": transform,
                                     "n_images": len(dataset), "skipped": sorted(set(map(str, dataset.skipped)))}))
     return tables, folder
+
+
+def _serves(done: Path, base: str, names: list[str]) -> bool:
+    """Whether the finished pass of ``done`` (its ``done.json``) has the same key as this one but for its layers,
+    and mined every layer of ``names``."""
+    try:
+        info = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return False
+    return (info.get("base") == base and set(names) <= set(info.get("layers", []))
+            and all((done.parent / f"{n}.npz").is_file() for n in names))
 

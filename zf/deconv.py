@@ -441,18 +441,19 @@ def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float 
 
 def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
                     method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-                    batch_size: int | None = None, images_per_chunk: int = 32):
+                    batch_size: int | None = None, images_per_chunk: int = 32, crop: str | bool = "auto"):
     """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, t)
     the projections inside each unit's receptive field (s = t = ``zf.receptive`` size, zero outside the image; a
     side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
     window in the image (may be negative).  Mining crops patches from these
     without ever building (R, 3, H, W).  Any other model: ``zf.graph.project_graph`` cut to the same windows
-    (``batch_size`` is its ``chunk``)."""
+    (``batch_size`` is its ``chunk``, ``crop`` its ``crop``: ``"auto"`` or ``"off"``)."""
     rows = _check_args(images, rows, method, seed, norm)
     if not fast_path(model):
         from zf.graph_project import graph_windows
 
-        return graph_windows(model, images, rows, _graph_layer(model, layer, tap).path, method, seed, batch_size)
+        return graph_windows(model, images, rows, _graph_layer(model, layer, tap).path, method, seed, batch_size,
+                             crop)
     t = _target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
