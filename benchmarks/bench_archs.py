@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from zf.data import default_data_root  # noqa: E402
+
+DATA = default_data_root()  # both versions read the same images
 
 CASES = {"tf_efficientnet_lite0": ("timm", "blocks.3"), "resnet50": ("torchvision", "layer2")}
 
@@ -50,6 +54,8 @@ timed("list_layers", lambda: list_layers(model, size))
 ds = ImageDataset(default_data_root() / "val", size=size, limit=n, subset_seed=0)
 norm = Normalize()
 def job(tag):
+    import pathlib
+    pathlib.Path(f"{work}/{tag}").mkdir(parents=True, exist_ok=True)
     topk_job(model, ds, norm, {"size": size}, [layer], f"{work}/{tag}", f"{work}/cache", units=[0], k=2,
              batch_size=8, num_workers=0, gallery=False, unit_figures=False, progress=False)
 ok = True
@@ -73,7 +79,7 @@ def run(pythonpath: Path, arch: str, images: int, size: int) -> dict:
     with tempfile.TemporaryDirectory() as work:
         p = subprocess.run([sys.executable, "-c", DRIVER, arch, family, layer, str(images), str(size), work],
                            env={"PYTHONPATH": str(pythonpath), "MPLBACKEND": "Agg", "WANDB_SILENT": "true",
-                                "PATH": "/usr/bin:/bin"},
+                                "PATH": "/usr/bin:/bin", "ZF_DATA": str(DATA)},
                            capture_output=True, text=True, cwd=work)
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:

@@ -120,7 +120,8 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
                               "image_dependence": {m: round(v, 4) if v == v else None for m, v in dep.items()}}
         _say_dependence(model, layer, tap, dep, image_dependence_warn, int(transform.get("size", 224)))
     summary = {**(info or {}), "data": str(dataset.files.root), "transform": transform, "methods": list(methods),
-               "k": int(k), "tap": tap, "crop": crop, "image_dependence_warn": float(image_dependence_warn), "seed_mode": seed_mode, "norm": norm, "unit_figures": bool(unit_figures),
+               "k": int(k), "tap": tap, "crop": crop, "image_dependence_warn": float(image_dependence_warn),
+               "seed_mode": seed_mode, "norm": norm, "unit_figures": bool(unit_figures),
                "layers": info_layers,
                "date": datetime.datetime.now().isoformat(timespec="seconds"), "n_images": len(dataset),
                "skipped": sorted(set(map(str, dataset.skipped))), "mining_cache": str(cache)}

@@ -119,15 +119,17 @@ def out_size(n: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
     return o
 
 
-def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224) -> "OrderedDict[str, RF]":
+def receptive_fields(model: nn.Module, input_size: int | tuple[int, int] = 224,
+                     paths: list[str] | None = None) -> "OrderedDict[str, RF]":
     """RF of every layer.  For a ``features`` stack of leaf modules (``zf.layers.is_stack``): every layer of
     ``model.features`` by the names of ``zf.layers.layer_table``, in forward order, by the recurrence above (measured
     by ``graph_receptive_fields`` where a dilated or rectangular kernel or a non-square input rules it out).  For any
-    other model: every module with a 4-D output, by module path, measured (``graph_receptive_fields``)."""
+    other model: every module with a 4-D output, by module path, measured (``graph_receptive_fields``), or only the
+    module paths ``paths`` (a run measures just the layers it mines or renders)."""
     from zf.layers import is_stack
 
     if not is_stack(model):
-        return graph_receptive_fields(model, input_size)
+        return graph_receptive_fields(model, input_size, paths)
     try:
         return _stack_fields(model, input_size)
     except GeometryError:  # a dilated or rectangular kernel, a non-square input: measure each layer instead
