@@ -1,6 +1,6 @@
 """The cost of the sanity experiment (``zf.experiments.sanity.run``: trained, cascade and independent
 randomisation, three methods, similarities, CSVs and figures) against one plain projection pass of the same rows
-(``zf.visualize.unit_views``, deconvnet, as the main job projects them), both in this process.
+(``zf.views.visualize.unit_views``, deconvnet, as the main job projects them), both in this process.
 
     .venv/bin/python benchmarks/bench_sanity.py                         # shipped ZF net relu4, VGG-16 trunk conv5_3
     .venv/bin/python benchmarks/bench_sanity.py --model zfnet --layer 4

@@ -71,6 +71,19 @@ RUNS: dict[str, dict] = {
         "sub": {"model.safetensors": "random"}, "add": RUN + ["data.size=64"]},
     "python scripts/run.py model=custom model.target=my_pkg.nets.MyNet model.weights=my_net.pth layer=block3.relu": {
         "sub": {"my_net.pth": "{tmp}/my_net.pth"}, "add": RUN},
+    "python scripts/run.py layer=[2,5] units=[0,1,2,3,4,5,6,7] data.limit=200 hydra.run.dir=outputs/run/demo": {
+        "sub": {"data.limit=200": "data.limit=12", "units=[0,1,2,3,4,5,6,7]": "units=[0,1]"},
+        "add": SMALL + ["k=2"]},
+    # the explorer serves until stopped: the test waits for its address, reads the page, then stops it
+    "python scripts/explore.py run=outputs/run/demo": {"add": ["port=0"], "serve": True},
+    "python scripts/explore.py run=outputs/run port=9000": {"sub": {"port=9000": "port=0"}, "serve": True},
+    "python scripts/run.py experiment=sanity layer=4 sanity.n_units=4": {
+        "sub": {"sanity.n_units=4": "sanity.n_units=2"}, "add": SMALL + ["k=2", "data.limit=12"]},
+    "python scripts/run.py experiment=sanity model=vgg16 model.weights=../shared/models/vgg16_imagenet_features.pth "
+    "layer=conv4_3 mine_layers=[] data.limit=300 sanity.modes=[cascade]": {
+        "sub": {"../shared/models/vgg16_imagenet_features.pth": "{tmp}/vgg16_features.pth", "data.limit=300":
+                "data.limit=6", "sanity.n_units=4": "sanity.n_units=2"},
+        "add": SMALL + ["k=2", "data.size=64", "sanity.n_units=2"]},
     "python scripts/train.py": {"add": TRAIN},
     "python scripts/train.py experiment=default_model": {"add": TRAIN},
     "python scripts/train.py hydra.run.dir=outputs/train/<run>": {"add": TRAIN},
@@ -195,9 +208,11 @@ def run_readme(project, command: str) -> subprocess.CompletedProcess:
     args = words[2:] + list(entry.get("add", []))
     if script in ("scripts/run.py", "scripts/train.py") and not any(a.startswith("data=folder") for a in args):
         args += project["net"]  # the data's URL: the local server
+    if entry.get("serve"):
+        return serve_readme(project, command, script, args)
     before = {p: set((project["proj"] / "outputs" / p).glob("*")) for p in ("run", "train")}
     p = subprocess.run([sys.executable, script, *args], cwd=project["proj"], env=project["env"], capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=900)
     assert p.returncode == 0, f"{command}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
     for kind, key in (("run", "<date>"), ("train", "<run>")):
         new = set((project["proj"] / "outputs" / kind).glob("*")) - before[kind] - {project["proj"] / "outputs" /
@@ -205,6 +220,27 @@ def run_readme(project, command: str) -> subprocess.CompletedProcess:
         if new and key not in made:
             made[key] = max(new).name
     return p
+
+
+def serve_readme(project, command: str, script: str, args: list) -> subprocess.CompletedProcess:
+    """A command that serves until stopped (the explorer): wait for the address it prints, read its page, stop it."""
+    import urllib.request
+
+    if "run=outputs/run/demo" in command and not (project["proj"] / "outputs" / "run" / "demo").is_dir():
+        run_readme(project, next(c for c in RUNS if "hydra.run.dir=outputs/run/demo" in c))
+    p = subprocess.Popen([sys.executable, script, *args], cwd=project["proj"], env=project["env"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [p.stdout.readline() for _ in range(2)]
+        assert lines[1].startswith("zf explorer: http://127.0.0.1:"), f"{command}\n{lines}\n{p.stderr.read()[-3000:]}"
+        with urllib.request.urlopen(lines[1].split()[2] + "/", timeout=60) as r:
+            assert r.status == 200 and b"/static/explore.js" in r.read()
+    finally:
+        p.terminate()
+        p.wait(30)
+        p.stdout.close()
+        p.stderr.close()
+    return subprocess.CompletedProcess(p.args, 0, "".join(lines), "")
 
 
 def _sub(word: str, subs: dict, tmp: Path) -> str:

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from zf.experiments import sanity as S
-from zf.results import TopK
+from zf.mining.table import TopK
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -112,6 +112,6 @@ def test_zf_command_from_the_wheel_outside_the_checkout(tmp_path, installed):
         assert server.gets() == 2  # the data came from the cache the first command filled
         p = zf("rnu", check=False)
         assert p.returncode == 2 and p.stderr.strip() == (
-            "error: zf rnu: no such command (did you mean run?); commands: run, train, render, gallery")
+            "error: zf rnu: no such command (did you mean run?); commands: run, train, render, gallery, explore")
     finally:
         server.close()

@@ -167,7 +167,7 @@ def check_run(cfg: DictConfig) -> None:
 
 
 def check_train(cfg: DictConfig) -> None:
-    """Training's values (``configs/train.yaml``): ``zf.train.check_train_config`` and the data's."""
+    """Training's values (``configs/train.yaml``): ``zf.training.train.check_train_config`` and the data's."""
     check_train_config(TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)))
     device_of(cfg.get("device", "auto"))
     check_data(cfg)

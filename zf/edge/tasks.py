@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # the scripts call cli and dispatch from here
 from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, hydra_main, miner  # noqa: F401
-from zf.edge.runtime import layers_from_cfg, mine_layers_from_cfg, model_from_cfg, model_info, normalize_from_cfg
-from zf.edge.runtime import plain, task, units_from_cfg
+from zf.edge.runtime import data_root_from_cfg, layers_from_cfg, mine_layers_from_cfg, model_from_cfg, model_info
+from zf.edge.runtime import normalize_from_cfg, plain, task, units_from_cfg
 from zf.errors import ConfigError
 from zf.experiments import correspondence as correspondence_xp
 from zf.experiments import evolution as evolution_xp
@@ -65,7 +65,7 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
 @task("train")
 def train(cfg: DictConfig, ctx: Context) -> float:
     """Train a model (``configs/train.yaml``); returns the best validation top-1 accuracy."""
-    d = cfg.data
+    d = data_root_from_cfg(cfg)  # data.root=null resolved (and recorded) first: a resume compares the real folder
     if cfg.resume:  # a changed config would resume at the old settings while recording the new ones
         check_resume(ctx.out / "checkpoints" / "last.pt", plain(cfg))
     store = int(d.resize or d.size)
@@ -231,7 +231,7 @@ def sanity(cfg: DictConfig, ctx: Context) -> float:
             raise ConfigError(f"sanity.{key}={s[key]!r}: give a list, e.g. sanity.{key}=[{s[key]}]")
     sanity_xp.check_args(list(s.methods), list(s.modes), s.init, s.tap, s.seed_mode)  # before the mining pass
     table = miner(cfg, ctx, transform, normalize, int(cfg.k), cfg.tap)(
-        model, dataset, list(cfg.mine_layers or []) + [layer])[layer]
+        model, dataset, mine_layers_from_cfg(cfg, model) + [layer])[layer]
     return sanity_xp.run(model, dataset, table, layer, ctx.out, units=list(s.units) if s.get("units") else None,
                          n_units=int(s.n_units), methods=list(s.methods), modes=list(s.modes), init=s.init,
                          std=float(s.std), seed=int(s.seed), tap=s.tap, seed_mode=s.seed_mode,

@@ -81,8 +81,8 @@ def _weighted(m: nn.Module) -> bool:
 def weighted_layers(model: nn.Module, layer, tap: str = "relu", input_size: int | tuple[int, int] = 224
                     ) -> list[tuple[str, str]]:
     """(name, module path) of every weighted layer (a module whose own ``weight`` has 2 or more dimensions) that
-    runs before ``layer``'s output (``zf.layers.resolve_layer(model, layer, tap)``), in forward order (bottom
-    first).  Names are ``zf.layers``'s (``conv1``, ``conv5_3``) for ``features`` stacks, module paths otherwise.
+    runs before ``layer``'s output (``zf.net.layers.resolve_layer(model, layer, tap)``), in forward order (bottom
+    first).  Names are ``zf.net.layers``'s (``conv1``, ``conv5_3``) for ``features`` stacks, module paths otherwise.
     One forward on zeros of ``input_size``, stopped at the target."""
 
     target = target_layer(model, layer, tap).path
@@ -104,7 +104,7 @@ def weighted_layers(model: nn.Module, layer, tap: str = "relu", input_size: int 
 
 
 def target_layer(model: nn.Module, layer, tap: str = "conv"):
-    """The ``zf.layers.Layer`` the projections start from: ``resolve_layer(model, layer, tap)``, except that for a
+    """The ``zf.net.layers.Layer`` the projections start from: ``resolve_layer(model, layer, tap)``, except that for a
     ``features`` stack and ``tap="conv"`` a name past the convolution (``relu4``, the mined table's name) walks
     back to it (``conv4``): same channels and positions.  Other models: the module ``layer`` names."""
 
@@ -218,7 +218,7 @@ def similarity(trained: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 @dataclass
 class Rows:
     """The rows of a ``TopK`` ready to project under any weights: normalised images, (image, channel, y, x) rows,
-    where each goes in the (U, k) grid, the views (``zf.visualize.view_boxes``) and their shape."""
+    where each goes in the (U, k) grid, the views (``zf.views.visualize.view_boxes``) and their shape."""
 
     x: torch.Tensor
     rows: torch.Tensor
@@ -232,7 +232,7 @@ class Rows:
 
 def prepare_rows(dataset, table: TopK, units: Sequence[int], normalize=None, device="cpu", fill: int = 128
                  ) -> Rows:
-    """Load the images of ``units``' rows of ``table`` once (as ``zf.visualize.unit_views`` does)."""
+    """Load the images of ``units``' rows of ``table`` once (as ``zf.views.visualize.unit_views`` does)."""
 
     sub = table.select([int(u) for u in units])
     img = sub.image
@@ -358,7 +358,7 @@ def sanity_figure(steps: list[dict], patches: np.ndarray, units: Sequence[int], 
                   mode: str = "cascade", layer: str = "", rank: int = 0, display_mode: str = "symmetric"):
     """Adebayo et al.'s Fig. 2 layout for ``show`` (indices into ``units``): per shown unit, one row per method;
     columns: the patch, the trained projection, then each ``mode`` step (cascade: randomised down to layer L).
-    Each tile is stretched on its own (``zf.visualize.display``).  Returns (fig, axes)."""
+    Each tile is stretched on its own (``zf.views.visualize.display``).  Returns (fig, axes)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

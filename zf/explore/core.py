@@ -119,7 +119,7 @@ def run_config(run: Path, summary: dict) -> tuple[dict, int, str]:
 
 
 def model_from_run(run: Path, summary: dict) -> tuple[torch.nn.Module, str]:
-    """The run's model (eval mode) rebuilt as ``zf.tasks.topk`` built it, and the run's display mode."""
+    """The run's model (eval mode) rebuilt as ``zf.edge.tasks.topk`` built it, and the run's display mode."""
 
 
 
@@ -264,7 +264,7 @@ class RunModel:
         return self.load()
 
     def field(self, layer: str):
-        """The layer's receptive field (``zf.receptive.RF``) as the run recorded it: size and stride from
+        """The layer's receptive field (``zf.net.receptive.RF``) as the run recorded it: size and stride from
         ``summary.json``, the offset from the first row of its table (box = position x stride + offset).  No
         measurement (a graph's fields are measured by gradient support: minutes for a ResNet on 2 cores), and the
         boxes drawn are the run's own.  ``None`` for a run without them (the map is then stretched over the image)."""
@@ -376,7 +376,7 @@ class Explorer:
     def unit(self, run_name, image_id: str, layer: str, unit, method: str | None = None) -> dict:
         """One unit on the image: its map over the image, the box of its strongest activation, the projection of
         that activation with ``method`` (``zf.projection.api.project``; the run's seed mode, tap and norm) in the run's view
-        of the box (``zf.visualize.view_boxes``: grey beyond the image) and shown as the run shows its projections
+        of the box (``zf.views.visualize.view_boxes``: grey beyond the image) and shown as the run shows its projections
         (``zf.views.visualize.display``), and the run's top-k for it."""
 
         run = self.run(run_name)
@@ -417,7 +417,7 @@ class Explorer:
                 p = project(model, run.normalize(raw[None].to(run.device)), rows, layer, method=method,
                             seed=run.seed_mode, tap=run.tap, norm=run.norm, crop=fast_path(model)).float().cpu()
             # the run's view of a projection: the receptive field (cut to the image where larger), zero beyond the
-            # image, stretched by the run's display mode (as zf.render draws the top k)
+            # image, stretched by the run's display mode (as zf.views.render draws the top k)
             p = crop_boxes(p, torch.tensor([view]), fill=0.0)[0]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -428,7 +428,7 @@ class Explorer:
     @staticmethod
     def _overlay(raw: torch.Tensor, a: torch.Tensor, rf) -> np.ndarray:
         """The image (S, S, 3) under the unit's map coloured by matplotlib's ``inferno``, each map cell placed over
-        the stride-wide square at its receptive field's centre (``zf.receptive.RF``; stretched over the image when
+        the stride-wide square at its receptive field's centre (``zf.net.receptive.RF``; stretched over the image when
         the layer has no field); scaled to the map's maximum on this image (a map that never fires shows dark)."""
         from matplotlib import colormaps
 
