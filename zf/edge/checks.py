@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from zf.errors import ConfigError
 from zf.jobs.topk import DISPLAYS
 from zf.net.layers import TAPS
+from zf.projection.graph import CROPS
 from zf.projection.rules import METHODS, NORMS, SEEDS
 from zf.training.train import TrainConfig, check_train_config
 
@@ -152,6 +153,12 @@ def check_run(cfg: DictConfig) -> None:
     _one_of(cfg, "tap", TAPS)
     _one_of(cfg, "seed_mode", SEEDS)
     _one_of(cfg, "norm", NORMS)
+    if "crop" in cfg:
+        _one_of(cfg, "crop", CROPS)
+    warn = cfg.get("image_dependence_warn", 0.95)
+    if isinstance(warn, bool) or not isinstance(warn, (int, float)):
+        raise ConfigError(f"image_dependence_warn={warn!r}: use a number (a correlation, at most 1; 0.95 by "
+                          "default), above which the run warns that projections do not depend on the image")
     for key in ("gallery", "unit_figures", "compare_methods", "list_layers", "progress"):
         flag(cfg, key, key in ("gallery", "unit_figures", "progress"))
     device_of(cfg.get("device", "auto"))

@@ -57,7 +57,8 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
                        gallery=flag(cfg, "gallery", True), dpi=int(cfg.dpi),
                        unit_figures=flag(cfg, "unit_figures", True), tracker=ctx.tracker,
                        progress=flag(cfg, "progress", True),
-                       info=model_info(cfg, model))
+                       info=model_info(cfg, model), crop=str(cfg.get("crop", "auto")),
+                       image_dependence_warn=float(cfg.get("image_dependence_warn", 0.95)))
     return 0.0 if summary is None else list(summary["layers"].values())[-1]["mean_top1_activation"]
 
 

@@ -10,7 +10,23 @@ IMAGENETTE = {"n01440764": "tench", "n02102040": "English springer", "n02979186"
               "n03888257": "parachute"}
 
 
+def imagenet_names() -> dict:
+    """wnid -> the first of its ImageNet names (``n01443537``: ``goldfish``) from timm's ``ImageNetInfo`` where timm
+    is installed (the optional extra ``zf[timm]``), else ``{}``."""
+    try:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return {w: info.label_name_to_description(w).split(",")[0] for w in info.label_names()}
+    except Exception:  # noqa: BLE001  (no timm, or a timm without ImageNetInfo: wnids stay as they are)
+        return {}
+
+
 def readable(wnids: Sequence[str], names: dict | None = None) -> list[str]:
-    """``names`` (default ``IMAGENETTE``) of each wnid, the wnid itself where unknown."""
-    names = IMAGENETTE if names is None else names
+    """``names`` (default ``IMAGENETTE``, then the ImageNet names of ``imagenet_names``) of each wnid, the wnid
+    itself where unknown (a class folder that is not an ImageNet wnid keeps its name)."""
+    if names is None:
+        names = IMAGENETTE
+        if any(w not in names for w in wnids):
+            names = {**imagenet_names(), **IMAGENETTE}
     return [names.get(w, w) for w in wnids]

@@ -23,9 +23,10 @@ import torch.distributed as dist
 
 from zf.errors import ConfigError, LayerError
 from zf.mining.cache import mine_cached
-from zf.net.layers import resolve_layer
-from zf.net.receptive import receptive_fields
-from zf.projection.api import activations, check_invertible
+from zf.net.layers import is_stack, resolve_layer
+from zf.net.receptive import graph_receptive_fields, receptive_fields
+from zf.projection.api import activations, check_invertible, graph_crop
+from zf.projection.dependence import dependence_warning, max_pool_before
 from zf.projection.rules import METHODS
 from zf.tracking import Tracker
 from zf.views import render
@@ -83,7 +84,8 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
              norm: str = "identity", display: str = "symmetric", mine_layers: Sequence = (), batch_size: int = 64,
              num_workers: int = 1, device="cpu", seed: int = 0, gallery: bool = True, dpi: int = 110,
              unit_figures: bool = True, tracker: Tracker | None = None, progress: bool = True,
-             info: dict | None = None) -> dict | None:
+             info: dict | None = None, crop: str = "auto",
+             image_dependence_warn: float = 0.95) -> dict | None:
     """Run the main job; returns the run's summary (also written to ``out/summary.json``), or ``None`` on
     distributed ranks other than 0 (they only mine their shard).
 
@@ -99,6 +101,10 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         methods: the first is the main one; the others are computed too (the gallery toggles between them).
         unit_figures: also write the per-unit images ``units/u<unit>_<method>.png`` (``render.render_layer``).
         info: extra keys for ``summary.json`` (model name, checkpoint, weights).
+        crop: ``"auto"`` (any graph's projections on receptive-field crops where ``zf.projection.graph.crop_check``
+            finds them exact, else whole images) or ``"off"`` (whole images).
+        image_dependence_warn: warn when a layer's ``image_dependence`` (the median correlation of a unit's k
+            projections, ``zf.projection.dependence``; in ``summary.json`` per layer and method) is above this.
     """
     tracker = tracker or Tracker(enabled=False)
     out = Path(out)
@@ -108,6 +114,7 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         warnings.warn(f"k={k} is more than the {len(dataset)} images of {dataset.files.root}: using k={len(dataset)}",
                       stacklevel=2)
         k = len(dataset)
+    graph_crop(crop)  # a ConfigError for anything but auto / off (True / False)
     tables, cache = mine_cached(model, dataset, list(mine_layers) + targets, int(k), cache_dir, transform,
                                 normalize, tap=tap, batch_size=batch_size, num_workers=num_workers, device=device,
                                 progress=progress)
@@ -115,7 +122,7 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         return None
     id_paths = [str(dataset.path(i)) for i in range(len(dataset))]
     (out / "images.json").write_text(json.dumps(id_paths))
-    rfs = receptive_fields(model, input_size=int(transform.get("size", 224)), paths=list(targets))
+    rfs = _fields(model, targets, tap, int(transform.get("size", 224)))
     info_layers, figs, selected = {}, {}, {}
     listed = None if units is None or units == "overview" else [int(u) for u in units]
     for layer in targets:
@@ -123,17 +130,21 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
         overview = full.choose_units(overview_units, seed) if listed is None else listed[:overview_units]
         chosen = full.units.tolist() if units is None else listed or overview
         table = selected[layer] = full.select(chosen)
+        dep: dict = {}
         figs[layer] = render.render_layer(out, model, dataset, normalize, table, layer, overview, methods, tap,
                                           seed_mode, norm, display, device, dpi, tracker, progress, unit_figures,
-                                          id_paths)
+                                          id_paths, crop=crop, dependence=dep)
         info_layers[layer] = {"rf": rfs[layer].size, "stride": rfs[layer].stride,
                               "rf_hw": list(rfs[layer].size_hw), "stride_hw": list(rfs[layer].stride_hw),
                               "units": len(chosen),
                               "channels": len(full.units), "overview_units": overview,
                               "mean_top1_activation": float(np.nanmean(table.activation[:, 0])),
-                              "dead_units": table.dead, "disk_mb": round(_disk_mb(layer_dir(out, layer)), 1)}
+                              "dead_units": table.dead, "disk_mb": round(_disk_mb(layer_dir(out, layer)), 1),
+                              "image_dependence": {m: round(v, 4) if v == v else None for m, v in dep.items()}}
+        _say_dependence(model, layer, tap, dep, image_dependence_warn, int(transform.get("size", 224)))
     summary = {**(info or {}), "data": str(dataset.files.root), "transform": transform, "methods": list(methods),
-               "k": int(k), "tap": tap, "seed_mode": seed_mode, "norm": norm, "unit_figures": bool(unit_figures),
+               "k": int(k), "tap": tap, "crop": crop, "image_dependence_warn": float(image_dependence_warn),
+               "seed_mode": seed_mode, "norm": norm, "unit_figures": bool(unit_figures),
                "layers": info_layers,
                "date": datetime.datetime.now().isoformat(timespec="seconds"), "n_images": len(dataset),
                "skipped": sorted(set(map(str, dataset.skipped))), "mining_cache": str(cache)}
@@ -157,6 +168,32 @@ def topk_job(model: torch.nn.Module, dataset, normalize, transform: dict, layers
             print(f"  figure ({m}): {f}")
     print(f"written to {out} ({_disk_mb(out):.1f} MB)")
     return summary
+
+
+def _fields(model, targets: Sequence[str], tap: str, size: int) -> dict:
+    """The receptive fields of the layers ``targets`` only (names as ``check_args`` gives them): the recurrence for
+    a ``features`` stack, a measurement of just these module paths for any other graph."""
+    if is_stack(model):
+        return receptive_fields(model, input_size=size)
+    paths = {t: resolve_layer(model, t, tap).path for t in targets}
+    got = graph_receptive_fields(model, size, list(dict.fromkeys(paths.values())))
+    return {t: got[p] for t, p in paths.items()}
+
+
+def _say_dependence(model, layer: str, tap: str, dep: dict, threshold: float, size: int) -> None:
+    """One log line with the layer's image dependence per method, and a warning (``zf.projection.dependence``) above
+    ``threshold``."""
+    if not dep:
+        return
+    print(f"{layer}: image dependence (median correlation of a unit's projections; 1 = the same picture for every "
+          "image): " + ", ".join(f"{m} {v:.2f}" for m, v in dep.items()))
+    switches = None
+    for m, v in dep.items():
+        if v > threshold and switches is None:
+            switches = max_pool_before(model, layer, size, tap)
+        msg = dependence_warning(layer, m, v, threshold, bool(switches))
+        if msg:
+            warnings.warn(msg, stacklevel=3)
 
 
 def _disk_mb(folder: Path) -> float:

@@ -6,7 +6,8 @@ or an experiment that needs the same tables, reads them instead of passing over 
 
 The key (``fingerprint``) covers the model's weights, the data's file list (path, size, modification time), the
 subset of files, the transform, the layers, ``k``, the tap and the batch size (activations computed in batches of
-another size can differ in the last bits, which can reorder near-ties).  A folder holds ``partial.pt`` while a pass
+another size can differ in the last bits, which can reorder near-ties).  A finished pass over more layers with the
+same key otherwise serves a run on a subset of its layers.  A folder holds ``partial.pt`` while a pass
 runs (an interrupted pass resumes from it) and ``done.json`` once it is complete; the unreadable files a pass skipped
 are kept in ``done.json`` and restored to ``dataset.skipped`` when the cache serves a later run.
 """
@@ -35,6 +36,17 @@ from zf.net.layers import resolve_layer
 def fingerprint(model: nn.Module, files, extra: dict) -> str:
     """A 16-hex key for ``model``'s weights, the files of ``files`` (a ``zf.data.ImageList``: names, sizes, times)
     and ``extra`` (any JSON-able dict)."""
+    return _keyed(_hasher(model, files), extra)
+
+
+def _keyed(h, extra: dict) -> str:
+    h = h.copy()
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _hasher(model: nn.Module, files):
+    """sha256 of the model's weights and the files (``fingerprint`` without its ``extra``)."""
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     for name, t in model.state_dict().items():
@@ -43,8 +55,7 @@ def fingerprint(model: nn.Module, files, extra: dict) -> str:
     for p in files.paths:
         st = p.stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(json.dumps(extra, sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return h
 
 
 def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: str | Path, transform: dict,
@@ -56,10 +67,15 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
     After the call ``dataset.skipped`` lists the unreadable files of the pass, whether it ran now or earlier."""
     names = sorted({resolve_layer(model, layer, tap).name for layer in layers})
     check_cache_dir(cache_dir)
-    key = fingerprint(model, dataset.files, {"transform": transform, "layers": names, "k": int(k), "tap": tap,
-                                            "subset": dataset.indices.tolist(), "batch_size": int(batch_size)})
+    h = _hasher(model, dataset.files)
+    extra = {"transform": transform, "k": int(k), "tap": tap, "subset": dataset.indices.tolist(),
+             "batch_size": int(batch_size)}
+    key, base = _keyed(h, {**extra, "layers": names}), _keyed(h, extra)
     folder = Path(cache_dir) / f"mine-{key}"
     done = folder / "done.json"
+    if not done.is_file():  # a pass that mined these layers among others serves them too
+        done = next((d for d in sorted(Path(cache_dir).glob("mine-*/done.json")) if _serves(d, base, names)), done)
+        folder = done.parent
     if done.is_file():
         info = json.loads(done.read_text())
         if not _readable_now(info.get("skipped", [])):  # a skipped file that reads now: the tables are stale
@@ -67,6 +83,8 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
             return {n: TopK.load(folder / f"{n}.npz") for n in names}, folder
         done.unlink()
         (folder / "partial.pt").unlink(missing_ok=True)
+        folder = Path(cache_dir) / f"mine-{key}"  # a stale pass over more layers: mine these under their own key
+        done = folder / "done.json"
     folder.mkdir(parents=True, exist_ok=True)
     try:
         tables = mine(model, dataset, layers=names, k=k, tap=tap, batch_size=batch_size, num_workers=num_workers,
@@ -87,7 +105,7 @@ def mine_cached(model: nn.Module, dataset, layers: Sequence, k: int, cache_dir: 
                 t.save(tmp)
                 os.replace(tmp, folder / f"{n}.npz")
             tmp = folder / "done.json.tmp"
-            tmp.write_text(json.dumps({"layers": names, "k": int(k), "tap": tap, "transform": transform,
+            tmp.write_text(json.dumps({"layers": names, "base": base, "k": int(k), "tap": tap, "transform": transform,
                                        "n_images": len(dataset), "skipped": sorted(set(map(str, dataset.skipped)))}))
             os.replace(tmp, done)
         except OSError as e:
@@ -126,3 +144,14 @@ def _readable_now(skipped) -> bool:
                 if read_image(p) is not None:
                     return True
     return False
+
+
+def _serves(done: Path, base: str, names: list[str]) -> bool:
+    """Whether the finished pass of ``done`` (its ``done.json``) has the same key as this one but for its layers,
+    and mined every layer of ``names``."""
+    try:
+        info = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return False
+    return (info.get("base") == base and set(names) <= set(info.get("layers", []))
+            and all((done.parent / f"{n}.npz").is_file() for n in names))

@@ -172,7 +172,7 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
     taps = _feature_taps(model, layers, tap)
     guess = getattr(dataset, "size", None)
     guess = guess if isinstance(guess, int) else 224  # the image size the fields are computed for before the pass
-    rfs = _receptive_fields(model, guess, list(taps))
+    rfs = _receptive_fields(model, guess, layers)
     if len(dataset) == 0:
         raise DataError("the data set to mine holds no images")
 
@@ -264,12 +264,15 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
         x0 = dataset[0]
         image_size = tuple(x0[0].shape[-2:]) if x0 is not None else (224, 224)
     if image_size[0] != guess:
-        rfs = _receptive_fields(model, image_size[0], list(taps))
+        rfs = _receptive_fields(model, image_size[0], layers)
     return to_tables(model, merged, map_sizes, image_size, rfs=rfs)
 
 
-def _receptive_fields(model: nn.Module, input_size: int, paths: list[str]):
+def _receptive_fields(model: nn.Module, input_size: int, layers=None):
+    """The fields of the mined ``layers`` only (any graph: their module paths; a stack: all, by the recurrence)."""
     try:
+        paths = None if layers is None or is_stack(model) else list(
+            dict.fromkeys(resolve_layer(model, lay).path for lay in layers))
         return receptive_fields(model, input_size=input_size, paths=paths)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot mine {type(model).__name__}: {e}; patches are cropped by the receptive field, "

@@ -148,8 +148,13 @@ def resolve_layer(model: nn.Module, layer: int | str, tap: str = "relu") -> Laye
     if key not in table:
         close = difflib.get_close_matches(key, list(table) + list(by_path), n=5, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}; " if close else ""
+        if getattr(model, "layer_naming", "sequential") == "block":  # the integers name blocks: their last conv
+            blocks = sorted({int(n[4:].split("_")[0]) for n in convs})
+            numbers = f"1..{len(blocks)} for the last conv of each block" if blocks else "no numbers"
+        else:
+            numbers = f"1..{len(convs)} for the conv layers"
         raise LayerError(f"layer {layer!r} does not exist in {type(model).__name__}; {hint}layers: "
-                         f"{', '.join(table)} (or 1..{len(convs)} for the conv layers; list_layers=true lists them)")
+                         f"{', '.join(table)} (or {numbers}; list_layers=true lists them)")
     names = list(table)
     at = table[key]
     if tap == "conv" or not isinstance(at.module, (nn.Conv2d, nn.Linear)):

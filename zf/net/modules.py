@@ -50,7 +50,7 @@ class _Stop(Exception):
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def _call_counts(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], Exception | None]:
+def call_counts(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], Exception | None]:
     """How often each module runs in one forward (a probe on one input, cached per model, input shape and mode),
     and the error that ended the probe early, if any (an input too small for the layers after some point: the
     modules that ran before it are counted, and only those can be read)."""
@@ -87,7 +87,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | str, clon
     """
     paths = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     mods = {p: find_module(model, p) for p in paths}
-    need, error = _call_counts(model, x if probe is None else probe) if stop else ({}, None)
+    need, error = call_counts(model, x if probe is None else probe) if stop else ({}, None)
     missing = [p for p in paths if stop and need.get(p, 0) == 0]
     if missing and error is not None:
         raise error
@@ -143,4 +143,4 @@ def minable_layers(model: nn.Module, input_size: int | tuple[int, int] = 224) ->
     return [(p, tuple(o.shape[1:])) for p, o in outs.items() if isinstance(o, torch.Tensor) and o.dim() == 4]
 
 
-__all__ = ["module_paths", "find_module", "capture", "eval_mode", "minable_layers"]
+__all__ = ["module_paths", "find_module", "call_counts", "capture", "eval_mode", "minable_layers"]

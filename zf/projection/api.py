@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zf.errors import ConfigError
 from zf.net.layers import Layer, is_stack, resolve_layer
 from zf.projection import stack
-from zf.projection.graph import graph_activations, graph_windows, project_graph
+from zf.projection.graph import CROPS, graph_activations, graph_windows, project_graph
 from zf.projection.rules import METHODS, NORMS, check_options
 from zf.projection.stack import NotInvertibleError, fast_path
 from zf.projection.windows import check_inputs, paste
@@ -49,6 +50,17 @@ def activations(model: nn.Module, images: torch.Tensor, layer: int | str, tap: s
     return stack.activations(model, stack.target(model, layer, tap), images)
 
 
+def graph_crop(crop: bool | str) -> bool | None:
+    """``project_graph``'s ``crop`` for the ``crop`` of ``project`` / ``project_windows``: ``"auto"`` or ``True``
+    gives ``None`` (crops where ``zf.projection.graph.crop_check`` finds them exact), ``"off"`` or ``False`` gives
+    ``False`` (whole images); anything else is a ``ConfigError``."""
+    if crop is True or (isinstance(crop, str) and crop == "auto"):
+        return None
+    if crop is False or (isinstance(crop, str) and crop == "off"):
+        return False
+    raise ConfigError(f"crop={crop!r}: use one of {', '.join(CROPS)}")
+
+
 def _check_args(images, rows, method, seed, norm):
     check_options(method, seed, norm)
     return check_inputs(images, rows, method, seed)
@@ -56,16 +68,19 @@ def _check_args(images, rows, method, seed, norm):
 
 def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
                     method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-                    batch_size: int | None = None, images_per_chunk: int = 32):
+                    batch_size: int | None = None, images_per_chunk: int = 32, crop: str | bool = "auto"):
     """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, t)
     the projections inside each unit's receptive field (s = t = ``zf.net.receptive`` size, zero outside the image; a
     side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
     window in the image (may be negative).  Mining crops patches from these
     without ever building (R, 3, H, W).  Any other model: ``zf.projection.graph.project_graph`` cut to the same windows
-    (``batch_size`` is its ``chunk``)."""
+    (``batch_size`` is its ``chunk``, ``crop`` its ``crop``: ``"auto"`` or ``"off"``; the window engine's windows
+    are exact on any crop and ignore it)."""
     rows = _check_args(images, rows, method, seed, norm)
+    gcrop = graph_crop(crop)
     if not fast_path(model):
-        return graph_windows(model, images, rows, graph_layer(model, layer, tap).path, method, seed, batch_size)
+        return graph_windows(model, images, rows, graph_layer(model, layer, tap).path, method, seed, batch_size,
+                             "auto" if gcrop is None else "off")
     t = stack.target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
@@ -75,7 +90,7 @@ def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, 
 
 def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
             method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-            crop: bool = True, batch_size: int | None = None, images_per_chunk: int = 32) -> torch.Tensor:
+            crop: bool | str = True, batch_size: int | None = None, images_per_chunk: int = 32) -> torch.Tensor:
     """Project single activations down to pixel space (section 2.1).
 
     Args:
@@ -90,29 +105,31 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
             (1.0: the result is then the gradient-like map of the unit, as captum's Neuron* methods give).
         tap: ``"relu"``, ``"conv"`` or ``"output"`` (see ``zf.net.layers``).
         norm: LRN in the reverse path: ``"identity"`` (skipped) or ``"gradient"`` (its vector-Jacobian product).
-        crop: reverse on receptive-field windows (fast; the default).  ``False``: autograd on whole images (the
-            reference; always used for classifier layers).
+        crop: reverse on receptive-field windows (fast; the default, also ``"auto"``).  ``False`` or ``"off"``:
+            autograd on whole images (the reference; always used for classifier layers).
         batch_size: rows per reverse batch (default: sized to keep the window tensors near 256 MB with ``crop``,
             8 rows without).
         images_per_chunk: distinct images per forward pass (``crop`` only).
 
     Any model that is not a ``features`` stack (``zf.net.layers.is_stack``: ResNet, DenseNet, GoogLeNet, ...) goes
     through ``zf.projection.graph.project_graph``: ``layer`` is a module path, ``tap`` and ``norm`` are ignored,
-    ``batch_size`` is its ``chunk`` and ``crop=False`` turns its receptive-field crops off.
+    ``batch_size`` is its ``chunk``; its receptive-field crops are used where checked exact
+    (``zf.projection.graph.crop_check``), and ``crop=False`` / ``"off"`` turns them off.
 
     Returns:
         (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.net.receptive.unit_box``).
     """
     rows = _check_args(images, rows, method, seed, norm)
+    gcrop = graph_crop(crop)
     if not fast_path(model):
         return project_graph(model, images, rows, graph_layer(model, layer, tap).path, method, seed,
-                             chunk=batch_size, crop=None if crop else False)
+                             chunk=batch_size, crop=gcrop)
     t = stack.target(model, layer, tap)
-    if crop and t.head is None:
+    if gcrop is None and t.head is None:
         win, corners = stack.windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
         return paste(win, corners, tuple(images.shape[2:]))
     return stack.project_full(model, t, images, rows, method, seed, norm, batch_size or 8)
 
 
-__all__ = ["project", "project_windows", "activations", "check_invertible", "fast_path", "graph_layer",
+__all__ = ["project", "project_windows", "activations", "check_invertible", "fast_path", "graph_layer", "graph_crop",
            "NotInvertibleError", "METHODS", "NORMS"]

@@ -17,12 +17,14 @@ one position, or positions clamped to the same crop at a border) share the crop'
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
 from zf.errors import ConfigError
 from zf.net.layers import resolve_layer
-from zf.net.modules import capture, eval_mode
+from zf.net.modules import call_counts, capture, eval_mode, module_paths
 from zf.net.receptive import graph_receptive_fields
 from zf.projection.rules import rules
 from zf.projection.windows import check_inputs, gather
@@ -135,6 +137,114 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
                     out[i, :, p:p + h, q:q + w] = gx[s_]  # out is zero elsewhere
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# when the crop path is exact
+
+CROPS = ("auto", "off")
+_CROP_OK: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+# module types whose output depends on the size of their input or on the whole map: on a crop they compute
+# something else (a "same" padding computed from the input size, a global pool, a gate from the whole map...)
+_SIZE_DEPENDENT = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.GroupNorm, nn.InstanceNorm2d,
+                   nn.MultiheadAttention)
+_SIZE_DEPENDENT_NAMES = ("Same", "SqueezeExcit", "SEModule", "EffectiveSE", "SqueezeExcitation", "ChannelAttn",
+                         "Attention", "Attn", "NonLocal", "GlobalContext", "CbamModule", "SelectAdaptivePool",
+                         "AdaptiveAvgMax", "GatherExcite", "EvoNorm")
+
+
+def _modules_before(model: nn.Module, path: str, hw) -> list[str]:
+    """Paths of the modules that finish before ``path``'s last call in one forward (and its submodules)."""
+    p0 = next(model.parameters(), None)
+    x = torch.zeros(1, 3, *hw, dtype=p0.dtype if p0 is not None else None,
+                    device=p0.device if p0 is not None else None)
+    need, _ = call_counts(model, x)
+    order: list[str] = []
+    seen = {path: 0}
+    mods = module_paths(model)
+
+    class _Done(Exception):
+        pass
+
+    def hook(p):
+        def fn(*_):
+            order.append(p)
+            if p == path:
+                seen[p] += 1
+                if seen[p] == need.get(p, 1):
+                    raise _Done
+        return fn
+
+    hooks = [m.register_forward_hook(hook(p)) for p, m in mods.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Done:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(order + [q for q in mods if q.startswith(path + ".")]))
+
+
+def size_dependent_module(model: nn.Module, path: str, hw) -> tuple[str, str] | None:
+    """(path, type name) of the first module before ``path`` (or inside it) whose output depends on its input's size
+    or on the whole map (timm's ``Conv2dSame`` / ``*Same`` pools, squeeze-excitation gates, adaptive pools, group
+    and instance norms, attention), or ``None``.  A static check by module type; ``crop_check`` also compares."""
+    mods = dict(model.named_modules())
+    for p in _modules_before(model, path, hw):
+        m = mods[p]
+        name = type(m).__name__
+        if isinstance(m, _SIZE_DEPENDENT) or any(t in name for t in _SIZE_DEPENDENT_NAMES):
+            return p, name
+    return None
+
+
+def crop_check(model: nn.Module, images: torch.Tensor, path: str, rf, log=print) -> bool:
+    """Whether ``project_graph``'s receptive-field crops are exact for ``path`` of ``model`` at this image size,
+    decided once per (model, layer, size) and cached, with one line to ``log`` saying which and why.
+
+    Crops are used where (1) the crop has under half the image's pixels, (2) no module before the layer depends on
+    its input's size or on the whole map (``size_dependent_module``), and (3) two rows (a unit at the map's centre
+    and one at its far corner, whose crop ends at the image's border) of the first image, projected by the gradient
+    and the deconvnet with seed one, come out equal on the crop and on the whole image (within 1e-5 of the largest
+    value).  Otherwise every row runs on the whole image, which is exact for any network."""
+    H, W = images.shape[2:]
+    cache = _CROP_OK.setdefault(model, {})
+    key = (path, H, W)
+    if key in cache:
+        return cache[key]
+    area = (_crop_len(H, rf.size_hw[0], rf.stride_hw[0], rf.offset_hw[0])
+            * _crop_len(W, rf.size_hw[1], rf.stride_hw[1], rf.offset_hw[1]))
+    ok, why = False, ""
+    if area >= 0.5 * H * W:
+        why = f"whole images (its receptive field's crop, {area} px, is over half the image)"
+    elif (bad := size_dependent_module(model, path, (H, W))) is not None:
+        why = (f"whole images ({bad[0]} is a {bad[1]}, whose output depends on its input's size or on the whole "
+               "map: a crop would change it)")
+    else:
+        h, w = rf.out_hw
+        rows = torch.tensor([[0, 0, h // 2, w // 2], [0, 0, h - 1, w - 1]], device=images.device)
+        worst = 0.0
+        for method in ("gradient", "deconvnet"):
+            ref = torch.zeros(len(rows), *images.shape[1:], dtype=images.dtype, device=images.device)
+            got = torch.zeros_like(ref)
+            _full(model, images[:1], rows, path, method, "one", 16, ref)
+            try:
+                _cropped(model, images[:1], rows, path, method, "one", 64, got, rf)
+            except (IndexError, RuntimeError):  # the crop's map has another shape: not the whole image's grid
+                worst = float("inf")
+                break
+            peak = float(ref.abs().max())
+            worst = max(worst, float((ref - got).abs().max()) / peak if peak > 0 else 0.0)
+        ok = worst <= 1e-5
+        why = (f"receptive-field crops (a crop's projection matched the whole image's to {worst:.1e} of its peak)"
+               if ok else "whole images (a crop's map does not keep the whole image's grid)" if worst == float("inf")
+               else f"whole images (a crop's projection differed from the whole image's by {worst:.2g} of its peak)")
+    cache[key] = ok
+    if log is not None:
+        log(f"projections of {path} at {H}x{W}: {why}")
+    return ok
+
+
 def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, method: str = "deconvnet",
                   seed: str = "activation", chunk: int | None = None, crop: bool | None = None) -> torch.Tensor:
     """Project single activations of any network down to pixel space (see the module docstring).
@@ -148,8 +258,9 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
         seed: ``"activation"`` (the signal starts at the unit's value) or ``"one"`` (captum's Neuron* convention).
         chunk: rows per reverse batch (memory: about ``chunk`` times one image's backward, or one crop's forward
             and backward); default 64 with crops, 16 on whole images.
-        crop: run each row on a stride-aligned crop of its receptive field (``None``: when the crop has under half
-            the image's pixels).  Exact either way.
+        crop: ``"auto"`` (or ``None``): each row on a stride-aligned crop of its receptive field where
+            ``crop_check`` finds that exact (checked once per model, layer and image size, said in one line),
+            otherwise on the whole image; ``"off"`` (or ``False``): whole images; ``True``: crops unchecked (tests).
 
     Returns:
         (R, 3, H, W) float32 projections.
@@ -162,13 +273,18 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
     out = torch.zeros(len(rows), *images.shape[1:], dtype=images.dtype, device=images.device)
     if not len(rows):
         return out.float()
+    if crop in (None, "auto"):
+        crop = None
+    elif crop == "off":
+        crop = False
+    elif not isinstance(crop, bool):
+        raise ConfigError(f"crop={crop!r}: use one of {', '.join(CROPS)}")
     with eval_mode(model):
         rf = None
         if crop is None or crop:
             rf = graph_receptive_fields(model, (H, W), [path])[path]
-            area = (_crop_len(H, rf.size_hw[0], rf.stride_hw[0], rf.offset_hw[0])
-                    * _crop_len(W, rf.size_hw[1], rf.stride_hw[1], rf.offset_hw[1]))
-            crop = crop if crop is not None else area < 0.5 * H * W
+            if crop is None:
+                crop = crop_check(model, images, path, rf)
         if crop:
             _cropped(model, images, rows, path, method, seed, int(chunk or 64), out, rf)
         else:
@@ -184,7 +300,7 @@ def graph_activations(model: nn.Module, images: torch.Tensor, layer: str) -> tor
         return capture(model, images, [path])[path]
 
 
-def graph_windows(model, images, rows, path, method, seed, batch_size):
+def graph_windows(model, images, rows, path, method, seed, batch_size, crop="auto"):
     """``zf.projection.api.project_windows`` for any graph: each row's projection cut to its receptive field's window
     (clipped to the image), and the windows' top-left corners."""
     hw = tuple(images.shape[2:])
@@ -199,10 +315,10 @@ def graph_windows(model, images, rows, path, method, seed, batch_size):
     out = images.new_zeros(len(rows), images.shape[1], sh, sw)
     for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
         sl = slice(b0, b0 + 256)
-        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size)
+        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size, crop=crop)
         win, ok = gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
         out[sl] = torch.where(ok, win, 0)
     return out, corners
 
 
-__all__ = ["project_graph", "graph_activations", "graph_windows"]
+__all__ = ["project_graph", "graph_activations", "graph_windows", "CROPS", "crop_check", "size_dependent_module"]

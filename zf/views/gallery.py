@@ -164,12 +164,30 @@ def _hw(info: dict, key: str) -> str:
     return "" if info.get(key) is None else str(info.get(key))
 
 
+def _dependence(d: dict) -> str:
+    """A layer's ``image_dependence`` per method as the gallery shows it: ``deconvnet 1.00, guided 0.31``."""
+    dep = d.get("image_dependence") or {}
+    return ", ".join(f"{m} {v:.2f}" if v is not None else f"{m} -" for m, v in dep.items())
+
+
+def _weights_line(summary: dict) -> str:
+    """Where the run's weights came from when no training checkpoint was given: the weights file (``model.weights``),
+    the torch hub cache, random weights, or the model's built-in ones."""
+    w = summary.get("weights")
+    if w in (None, "None", "null", ""):
+        return "none (built-in weights)"
+    if w == "random":
+        return "none (random weights)"
+    n = len(summary.get("weights_random") or [])
+    return f"weights {w}" + (f" ({n} tensors not in the file stayed random)" if n else "")
+
+
 def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str], n_dead: dict) -> str:
     e = html.escape
     methods = summary.get("methods", [])
     meta = [
         ("model", summary.get("model")),
-        ("checkpoint", summary.get("checkpoint") or "none (random / built-in weights)"),
+        ("checkpoint", summary.get("checkpoint") or _weights_line(summary)),
         ("data", summary.get("data")),
         ("images", summary.get("n_images")),
         ("methods", ", ".join(methods)),
@@ -187,9 +205,10 @@ def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str],
             f'<tr><td><a class="layer-link" href="{quote(layer_page(layer))}">{e(layer)}</a></td>'
             f'<td>{e(str(d.get("units", "")))}</td><td>{e(str(d.get("channels", "")))}</td>'
             f'<td>{e(_hw(d, "rf"))}</td><td>{e(_hw(d, "stride"))}</td>'
-            f'<td class="dead-count">{n_dead.get(layer, 0)}</td></tr>\n')
+            f'<td class="dead-count">{n_dead.get(layer, 0)}</td>'
+            f'<td class="dependence">{e(_dependence(d))}</td></tr>\n')
     for layer in missing:
-        lrows.append(f'<tr class="missing"><td>{e(layer)}</td><td colspan="5">no topk.npz: not mined</td></tr>\n')
+        lrows.append(f'<tr class="missing"><td>{e(layer)}</td><td colspan="6">no topk.npz: not mined</td></tr>\n')
     skipped = [str(p) for p in summary.get("skipped", [])]
     if skipped:
         items = "".join(f"<li>{e(p)}</li>\n" for p in skipped)
@@ -205,7 +224,9 @@ def _index_html(run: Path, summary: dict, layers: list[str], missing: list[str],
 <table class="meta" id="meta">{rows}</table>
 <h2>Layers</h2>
 <table class="layers" id="layers"><thead><tr><th>layer</th><th>units</th><th>channels</th><th>receptive field</th>
-<th>stride</th><th>dead units</th></tr></thead><tbody>
+<th>stride</th><th>dead units</th><th title="median correlation of a unit's k projections: 1 = the same picture
+for every image (the deconvnet with no max pool before the layer); README, 'When the deconvnet shows the image'">image
+dependence</th></tr></thead><tbody>
 {"".join(lrows)}</tbody></table>
 {skipped_html}
 </main>"""

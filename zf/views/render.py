@@ -17,6 +17,7 @@ from PIL import Image
 
 from zf.faults import pause_point
 from zf.mining.table import TopK
+from zf.projection.dependence import image_dependence
 from zf.tracking import Tracker
 from zf.views import results as R
 from zf.views.gallery import build_gallery
@@ -52,11 +53,14 @@ def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, 
                  methods: Sequence[str], tap: str = "relu", seed_mode: str = "activation", norm: str = "identity",
                  display_mode: str = "symmetric", device="cpu", dpi: int = 110, tracker: Tracker | None = None,
                  progress: bool = True, unit_figures: bool = True,
-                 paths: Sequence[str] | None = None) -> dict[str, Path]:
+                 paths: Sequence[str] | None = None, crop: str = "auto",
+                 dependence: dict | None = None) -> dict[str, Path]:
     """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}.
     ``paths``: the data set's image paths as strings, if the caller has them already.
     ``unit_figures=False`` leaves out the per-unit images (``units/``), which repeat the patch and projection PNGs
-    in one picture: about a quarter of a big layer's disk use (README, "Bring your own network")."""
+    in one picture: about a quarter of a big layer's disk use (README, "Bring your own network").
+    ``crop``: ``"auto"`` or ``"off"`` (``zf.projection.graph.crop_check``).  ``dependence``: if given, filled with
+    {method: median pairwise correlation of a unit's projections} (``zf.projection.dependence.image_dependence``)."""
     tracker = tracker or Tracker(enabled=False)
     ldir = R.layer_dir(out, layer)
     ldir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +72,9 @@ def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, 
     figs = {}
     for method in methods:
         patches, proj = unit_views(model, dataset, table, layer, units, method=method, tap=tap, seed=seed_mode,
-                                   norm=norm, normalize=normalize, device=device, progress=progress)
+                                   norm=norm, normalize=normalize, device=device, progress=progress, crop=crop)
+        if dependence is not None:
+            dependence[method] = image_dependence(proj, table.image[:, :proj.shape[1]] >= 0)
         proj = save_projections(ldir, method, proj)  # what the run keeps: a re-render gives the same pictures
         figs[method] = write_layer_images(out, layer, table, overview, method, patches, proj, display_mode, dpi,
                                           tracker, with_patches=method == methods[0], unit_figures=unit_figures)

@@ -14,6 +14,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -139,13 +140,15 @@ def load_items(dataset, ids: Sequence[int]) -> torch.Tensor:
 def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
                method: str = "deconvnet", tap: str = "relu", seed: str = "activation", norm: str = "identity",
                normalize: Normalize | None = None, fill: int = 128, device: str | torch.device = "cpu",
-               units_per_chunk: int = 128, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               units_per_chunk: int = 128, progress: bool = False,
+               crop: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """The k patches and k projections of each unit in ``units``.
 
     Args:
         dataset: the mined data set (``table.image`` indexes it); items (uint8 (3, H, W), label, index).
         table: the layer's ``TopK``.
         layer: the layer's name (as in the table).
+        crop: any graph's receptive-field crops, ``"auto"`` or ``"off"`` (``zf.projection.graph.crop_check``).
     Returns:
         patches uint8 (U, k, h, w, 3) and projections float32 (U, k, 3, h, w), (h, w) the receptive-field size
         cut to the image size (``view_shape``); slots of empty ranks (fewer than k images) are zero.
@@ -174,7 +177,7 @@ def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
         with torch.no_grad():
             x = normalize(raw.to(device))
         win, corners = project_windows(model, x, rows.to(device), layer, method=method, seed=seed, tap=tap,
-                                       norm=norm)
+                                       norm=norm, crop=crop)
         boxes = torch.as_tensor(table.box[ti][uu, rr])
         views = view_boxes(boxes, *raw.shape[2:])
         crops = crop_boxes(raw[rows[:, 0]], views, fill, inside=boxes)  # (R, 3, sh, sw) uint8
@@ -239,7 +242,7 @@ DEAD_COLOUR = "#c62828"
 
 def overview_figure(patches: np.ndarray, projections: np.ndarray, units: Sequence[int], title: str = "",
                     mode: str = "symmetric", ncols: int | None = None, dpi: float = 110,
-                    dead: Collection[int] = (), min_tile_px: int = 240):
+                    dead: Collection[int] = (), min_tile_px: int = 240, max_pixels: float = 6e6):
     """Fig. 2 of the paper for one layer: for each unit, its k projections beside its k patches.
 
     patches (U, k, s, s, 3) uint8, projections (U, k, 3, s, s).  Returns (fig, axes) with axes (rows, cols).
@@ -249,7 +252,9 @@ def overview_figure(patches: np.ndarray, projections: np.ndarray, units: Sequenc
     exact) until it is at least ``min_tile_px`` wide (layer 1's 7 px fields).  Saved at another dpi, matplotlib's
     antialiasing filter resamples it (never nearest-neighbour subsampling, which turns fine structure into
     speckle).  ``dead``: units that never fired on the data; their title says so and their tile is framed in red
-    (their patches are arbitrary images, not what the unit responds to)."""
+    (their patches are arbitrary images, not what the unit responds to).  A figure that would pass ``max_pixels``
+    at native size (16 units of a layer whose fields span a 224 px image: 15 Mpx, a 36 MB PNG) has its tiles
+    resampled down with an antialiasing filter (Lanczos) to fit; the per-unit images keep every pixel."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -264,6 +269,12 @@ def overview_figure(patches: np.ndarray, projections: np.ndarray, units: Sequenc
     zoom = max(1, int(np.ceil(min_tile_px / tw)))
     tiles = [t.repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else t for t in tiles]
     th, tw = th * zoom, tw * zoom
+    pt = dpi / 72
+    est = (ncols * (tw + 8 * pt) + 8 * pt) * ((nrows * (th + 22 * pt)) + 30 * pt)
+    if est > max_pixels:
+        f = float(np.sqrt(max_pixels / est))
+        th, tw = max(1, int(th * f)), max(1, int(tw * f))
+        tiles = [np.asarray(Image.fromarray(t).resize((tw, th), Image.LANCZOS)) for t in tiles]
     shown_dead = sorted(dead & set(units[:len(tiles)]))
     if shown_dead:
         title = (title + " \u00b7 " if title else "") + f"{len(shown_dead)} dead unit(s) marked in red"

@@ -1,0 +1,88 @@
+"""How much a method's projections depend on the image: the median pairwise correlation of a unit's k projections.
+
+The deconvnet (paper section 2.1) reverses a ReLU by a ReLU on the signal coming down, which does not look at the
+forward pass; the image enters its projection only through the max-pool switches.  On a network with no max pool
+before the layer (EfficientNet, MobileNet, ConvNeXt, RegNet...) a unit's deconvnet projection is one fixed picture
+translated to where the unit sits, whatever the image: its nine projections correlate at 1.0.  Guided
+backpropagation keeps the forward pass's ReLU masks, so its projections draw the objects in the image on any
+network.  This module measures that, so a run can say it (``summary.json``: ``image_dependence``; the log; the
+gallery).
+
+    >>> v = image_dependence(proj)          # proj (U, k, 3, h, w): a layer's stored projections
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from zf.net.layers import resolve_layer
+from zf.net.modules import capture, eval_mode
+
+DEFAULT_THRESHOLD = 0.95  # the run warns above this (configs/run.yaml: image_dependence_warn)
+
+
+def image_dependence(proj: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """The median over units of the median Pearson correlation between the pairs of a unit's projections (each
+    flattened over channels and pixels, in the unit's receptive-field window): 1.0 when every image gives the
+    same picture, near 0 when they share nothing.  ``proj`` (U, k, 3, h, w); ``valid`` (U, k) bool marks the
+    filled ranks.  Units with fewer than two non-constant projections are left out; NaN if none is left."""
+    proj = np.asarray(proj, np.float32)
+    u, k = proj.shape[:2]
+    valid = np.ones((u, k), bool) if valid is None else np.asarray(valid, bool)
+    meds = []
+    for i in range(u):
+        v = proj[i, valid[i]].reshape(int(valid[i].sum()), -1).astype(np.float64)
+        v = v - v.mean(1, keepdims=True)
+        norm = np.sqrt((v * v).sum(1))
+        v = v[norm > 0] / norm[norm > 0, None]
+        if len(v) < 2:
+            continue
+        c = v @ v.T
+        meds.append(float(np.median(c[np.triu_indices(len(v), 1)])))
+    return float(np.median(meds)) if meds else float("nan")
+
+
+class _Pools(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if "max_pool" in getattr(func, "__name__", ""):
+            self.seen = True
+        return func(*args, **(kwargs or {}))
+
+
+def max_pool_before(model: nn.Module, layer, input_size: int | tuple[int, int] = 224, tap: str = "relu") -> bool:
+    """Whether a max pool (module or functional call) runs in the forward before ``layer`` (a name or module path)
+    is read: where the deconvnet has switches, and so where its projections can depend on the image."""
+    path = resolve_layer(model, layer, tap).path
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    p0 = next(model.parameters(), None)
+    x = torch.zeros(1, 3, h, w, dtype=p0.dtype if p0 is not None else None,
+                    device=p0.device if p0 is not None else None)
+    mode = _Pools()
+    with eval_mode(model), torch.no_grad(), mode:
+        capture(model, x, [path], clone=False)
+    return mode.seen
+
+
+def dependence_warning(layer: str, method: str, value: float, threshold: float, switches: bool) -> str | None:
+    """The run's warning when ``value`` (``image_dependence``) exceeds ``threshold``, saying why, or ``None``."""
+    if not value > threshold:
+        return None
+    head = (f"{layer} ({method}): a unit's projections correlate at {value:.2f} (median over pairs and units, above "
+            f"image_dependence_warn={threshold}): they do not depend on the image")
+    if method == "deconvnet" and not switches:
+        why = ("there is no max pool before this layer, so the deconvnet has no switches, its only route to the "
+               "image; use method=guided (guided backpropagation keeps the forward pass's ReLU masks)")
+    elif method == "deconvnet":
+        why = "the few max-pool switches before this layer barely differ between images; method=guided may show more"
+    else:
+        why = "the reverse pass barely changes with the image at this layer"
+    return f"{head}: {why}"
+
+
+__all__ = ["image_dependence", "max_pool_before", "dependence_warning", "DEFAULT_THRESHOLD"]
