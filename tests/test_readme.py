@@ -69,6 +69,8 @@ RUNS: dict[str, dict] = {
         "add": SMALL + ["k=2", "overview_units=2", "data.size=64"]},
     "python scripts/run.py model=timm model.arch_name=convnext_tiny model.weights=model.safetensors layer=stages.2": {
         "sub": {"model.safetensors": "random"}, "add": RUN + ["data.size=64"]},
+    "python scripts/run.py model=timm model.arch_name=tf_efficientnet_lite0 model.weights=random list_layers=true": {
+        "add": SMALL + ["data.size=64"]},
     "python scripts/run.py model=custom model.target=my_pkg.nets.MyNet model.weights=my_net.pth layer=block3.relu": {
         "sub": {"my_net.pth": "{tmp}/my_net.pth"}, "add": RUN},
     "python scripts/run.py layer=[2,5] units=[0,1,2,3,4,5,6,7] data.limit=200 hydra.run.dir=outputs/run/demo": {
