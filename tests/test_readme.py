@@ -59,6 +59,7 @@ RUNS: dict[str, dict] = {
     "python scripts/run.py model.checkpoint=outputs/train/<run>/checkpoints/last.pt layer=4": {"add": RUN},
     "python scripts/render.py outputs/run/<date> --display minmax": {},
     "python scripts/gallery.py outputs/run/<date>": {},
+    "python scripts/projection_stats.py outputs/run/<date>": {},
     "python scripts/run.py model=torchvision model.arch_name=resnet50 model.weights=download list_layers=true": {
         "add": SMALL + ["data.size=64"]},
     "python scripts/run.py model=torchvision model.arch_name=resnet50 model.weights=~/resnet50.pth "

@@ -5,6 +5,7 @@ with the same Hydra configs, from an installed wheel as from a checkout.
     zf train experiment=default_model # = python scripts/train.py ...
     zf render RUN [--display minmax]  # = python scripts/render.py RUN ...
     zf gallery RUN                    # = python scripts/gallery.py RUN
+    zf stats RUN                      # = python scripts/projection_stats.py RUN
 
 Each subcommand is one line of ``COMMANDS``: its name, the ``module:function`` that takes the rest of the command
 line as a list of strings, and a one-line help.  The module is imported when its subcommand runs.  The
@@ -26,6 +27,7 @@ from zf.edge.tasks import cli, dispatch
 from zf.errors import script_main
 from zf.views.gallery import build_gallery
 from zf.views.render import render_run
+from zf.views.stats import projection_stats, stats_table
 
 #: subcommand -> ("module:function" called with the remaining arguments, help line)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("zf.edge.command:train", "train a model (configs/train.yaml): zf train experiment=default_model"),
     "render": ("zf.edge.command:render", "re-render a run from its arrays: zf render RUN [--display minmax]"),
     "gallery": ("zf.edge.command:gallery", "rebuild a run's gallery: zf gallery RUN"),
+    "stats": ("zf.edge.command:stats", "how readable a run's projections are: zf stats RUN [--layers L ...]"),
     "explore": ("zf.explore:main", "the live explorer of a run in the browser: zf explore RUN [port=8000]"),
 }
 
@@ -89,6 +92,18 @@ def gallery(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--layers", nargs="+", help="only these layers (default: every mined layer)")
     args = ap.parse_args(argv)
     print(build_gallery(args.run_dir, layers=args.layers))
+
+
+def stats(argv: Sequence[str] | None = None) -> None:
+    """``zf stats RUN``: per layer and method of a main-job run, the image dependence of its projections and their
+    edge alignment with their own patches against the chance level (``zf.views.stats``), as a markdown table."""
+    ap = argparse.ArgumentParser(prog="zf stats", description=stats.__doc__.split(", as a")[0])
+    ap.add_argument("run", help="a run directory of zf run / scripts/run.py (holds summary.json)")
+    ap.add_argument("--layers", nargs="+", help="only these layers (default: every layer of the run)")
+    ap.add_argument("--methods", nargs="+", help="only these methods (default: every method the run stored)")
+    ap.add_argument("--sigma", type=float, default=2.0, help="blur in pixels before correlating (default 2)")
+    args = ap.parse_args(argv)
+    print(stats_table(projection_stats(args.run, args.layers, args.methods, args.sigma)))
 
 
 def usage() -> str:

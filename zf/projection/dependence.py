@@ -6,14 +6,17 @@ before the layer (EfficientNet, MobileNet, ConvNeXt, RegNet...) a unit's deconvn
 translated to where the unit sits, whatever the image: its nine projections correlate at 1.0.  Guided
 backpropagation keeps the forward pass's ReLU masks, so its projections draw the objects in the image on any
 network.  This module measures that, so a run can say it (``summary.json``: ``image_dependence``; the log; the
-gallery).
+gallery).  ``edge_alignment`` measures the other half of a readable projection: whether it draws the edges of the
+patch it came from (the paper's Fig. 2 shows projections that trace the patch's structure, section 4).
 
     >>> v = image_dependence(proj)          # proj (U, k, 3, h, w): a layer's stored projections
+    >>> a = edge_alignment(proj, patches)   # patches (U, k, h, w, 3): the receptive-field patches
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -42,6 +45,61 @@ def image_dependence(proj: np.ndarray, valid: np.ndarray | None = None) -> float
         c = v @ v.T
         meds.append(float(np.median(c[np.triu_indices(len(v), 1)])))
     return float(np.median(meds)) if meds else float("nan")
+
+
+def _edge_maps(proj: np.ndarray, patch: np.ndarray, inside: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred projection magnitude (sum of |channels|) and blurred edge magnitude (Sobel on the patch's grey
+    levels), both (h, w).  Outside the image (``inside`` False) both are zero before the blur, and the patch's grey
+    fill there is replaced by the nearest image pixel first, so the fill's border is not an edge."""
+    mag = np.where(inside, np.abs(np.asarray(proj, np.float64)).sum(0), 0.0)
+    grey = np.asarray(patch, np.float64).mean(-1)
+    if not inside.all():
+        idx = ndimage.distance_transform_edt(~inside, return_distances=False, return_indices=True)
+        grey = grey[tuple(idx)]
+    edges = np.hypot(ndimage.sobel(grey, 0, mode="nearest"), ndimage.sobel(grey, 1, mode="nearest"))
+    edges = np.where(inside, edges, 0.0)
+    return ndimage.gaussian_filter(mag, sigma), ndimage.gaussian_filter(edges, sigma)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def edge_alignment(proj: np.ndarray, patches: np.ndarray, inside: np.ndarray | None = None,
+                   valid: np.ndarray | None = None, sigma: float = 2.0) -> dict[str, float]:
+    """Whether projections draw the edges of their own patches: the Pearson correlation, over the pixels of the
+    receptive-field window that lie inside the image, between a projection's blurred magnitude and its patch's
+    blurred edge map (Sobel magnitude of the grey levels; Gaussian blur of ``sigma`` pixels on both, so that a
+    stroke one pixel off still counts).  The paper has no such number; its Fig. 2 is judged by eye.
+
+    ``proj`` (U, k, 3, h, w); ``patches`` (U, k, h, w, 3) in any range; ``inside`` (U, k, h, w) bool, the window's
+    pixels inside the image (default all); ``valid`` (U, k) bool, the filled ranks.  Returns ``{"own": median over
+    rows, "shuffled": the same with each projection paired with the patch of the row half the list away (another
+    unit's or image's: the chance level that the shared window shape and centre bias give), "rows": rows
+    counted}``.  Rows whose projection is zero or whose patch is flat are left out; NaN when none is left.
+    Outside the image both maps are zero before the blur and the patch's grey fill is not an edge
+    (``_edge_maps``), so a window running past the image border adds nothing."""
+    proj = np.asarray(proj, np.float32)
+    u, k = proj.shape[:2]
+    valid = np.ones((u, k), bool) if valid is None else np.asarray(valid, bool)
+    inside = np.ones((u, k) + proj.shape[-2:], bool) if inside is None else np.asarray(inside, bool)
+    rows = [(i, j) for i in range(u) for j in range(k) if valid[i, j] and inside[i, j].sum() >= 2]
+    maps = {r: _edge_maps(proj[r], patches[r], inside[r], sigma) for r in rows}
+    own, shuffled = [], []
+    for n, r in enumerate(rows):
+        own.append(_pearson(maps[r][0][inside[r]], maps[r][1][inside[r]]))
+        other = rows[(n + max(1, len(rows) // 2)) % len(rows)]
+        both = inside[r] & inside[other]
+        if other != r and both.sum() >= 2:
+            shuffled.append(_pearson(maps[r][0][both], maps[other][1][both]))
+    own, shuffled = np.array(own, np.float64), np.array(shuffled, np.float64)
+    return {"own": _median(own), "shuffled": _median(shuffled), "rows": int(np.isfinite(own).sum())}
+
+
+def _median(v: np.ndarray) -> float:
+    return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
 
 
 class _Pools(TorchFunctionMode):
@@ -85,4 +143,4 @@ def dependence_warning(layer: str, method: str, value: float, threshold: float, 
     return f"{head}: {why}"
 
 
-__all__ = ["image_dependence", "max_pool_before", "dependence_warning", "DEFAULT_THRESHOLD"]
+__all__ = ["image_dependence", "edge_alignment", "max_pool_before", "dependence_warning", "DEFAULT_THRESHOLD"]
