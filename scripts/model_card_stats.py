@@ -11,6 +11,13 @@ snapshot).  Columns: the epoch and val top-1 the checkpoint records, conv1's hig
 (``similarity_to_init``).  The initial weights are ``--init`` (a path, or a file name looked up beside the
 checkpoint; default ``features_epoch000.pt``, which training writes before the first epoch); without them the
 similarity columns say ``n/a``.
+
+``--figure PATH`` also draws the conv1 filters of every argument side by side, as in the paper's Fig. 6 (each
+filter contrast-stretched on its own), titled with the argument and its high-frequency share:
+
+    git show 9a83b18:zf/weights/zfnet_imagenette.pt > first_model.pt      # the first shipped model
+    python scripts/model_card_stats.py zf/weights/zfnet_imagenette_init.pt first_model.pt \
+        zf/weights/zfnet_imagenette.pt --init zf/weights/zfnet_imagenette_init.pt --figure conv1.png
 """
 from __future__ import annotations
 
@@ -18,11 +25,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import matplotlib
 import torch
 
 from zf.net.checkpoints import read_checkpoint
 from zf.errors import CheckpointError, ZFError
-from zf.experiments.filters import high_frequency_share, similarity_to_init
+from zf.experiments.filters import filters_figure, high_frequency_share, similarity_to_init
+from zf.views.results import save_figure
 
 
 def conv_state(blob, source: str) -> dict:
@@ -68,7 +77,7 @@ def row(arg: str, init: str) -> dict:
     val = next((h["val_top1"] for h in reversed(hist or []) if h.get("val_top1") is not None), None)
     return {"run": arg, "epoch": blob.get("epoch") if isinstance(blob, dict) else None, "val_top1": val,
             "conv1_hf_share": high_frequency_share(state[convs[0] + ".weight"]), "convs": convs, "sims": sims,
-            "init": str(ip) if ip.is_file() else None}
+            "init": str(ip) if ip.is_file() else None, "conv1": state[convs[0] + ".weight"]}
 
 
 def table(rows: list[dict]) -> str:
@@ -89,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_CHECKPOINT")
     ap.add_argument("--init", default="features_epoch000.pt",
                     help="the initial weights: a path, or a file name looked up beside each checkpoint")
+    ap.add_argument("--figure", metavar="PATH", help="also draw every argument's conv1 filters side by side (PNG)")
     args = ap.parse_args(argv)
     try:
         rows = [row(a, args.init) for a in args.runs]
@@ -96,6 +106,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(rows))
+    if args.figure:
+        matplotlib.use("Agg")
+        panels = {f"{Path(r['run']).name} (HF {r['conv1_hf_share']:.2f})": r["conv1"].float() for r in rows}
+        fig, _ = filters_figure(panels)
+        print(f"figure: {save_figure(fig, args.figure)}")
     missing = [r["run"] for r in rows if r["init"] is None]
     if missing:
         print(f"\nno initial weights ({args.init}) for: {', '.join(missing)}", file=sys.stderr)

@@ -4,12 +4,14 @@
 #   0  shipped model (experiment=default_model, ~55 min; skipped when zf/weights/zfnet_imagenette.pt exists)
 #   1  Fig. 4 snapshots copied to zf/weights/evolution                                            (seconds)
 #   2  the main job, Fig. 2: scripts/run.py -m layer=1,2,3,4,5 (one cached mining pass)            (~1.5 min)
-#   3  the experiments on the shipped model (scripts/run.py experiment=...) -> outputs/reproduce/<name> (~6 min)
+#   3  the experiments on the shipped model (scripts/run.py experiment=...) -> outputs/reproduce/<name>, the sanity
+#      check, and layers 1-5 with the three methods for zf stats                                    (~12 min)
 #   4  Fig. 6 reduced-budget runs: fig6_zf_small, fig6_noclip, fig6_alexnet_conv1, and fig6_paper_scale[_noclip]
 #      (the paper's input scale and SGD)                                                            (~18 min)
 #   5  Table 3 sweep: 9 ablation jobs, 2 at a time                                                 (~10 min)
 #   6  filters (Fig. 6) and the Table 3 collector, which read the runs of 4 and 5
-#   7  the real ImageNet VGG-16 trunk: Fig. 2 (conv2_2-conv5_3, all val images), Table 1, Fig. 5      (~40 min)
+#   7  the real ImageNet VGG-16 trunk: Fig. 2 (conv2_2-conv5_3, all val images), Table 1, Fig. 5, the sanity
+#      check on conv4_3                                                                             (~50 min)
 #   8  figures copied (downscaled) to docs/figures/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +57,10 @@ run_step methods experiment=methods
 run_step occlusion experiment=occlusion
 run_step invariance experiment=invariance
 run_step correspondence experiment=correspondence
+run_step sanity experiment=sanity layer=4
+# how readable the projections of layers 1-5 are, for the three methods (zf stats: image dependence, edge alignment)
+run_step zf_methods "layer=[1,2,3,4,5]" units=overview compare_methods=true
+$PY scripts/projection_stats.py "$OUT/zf_methods" | tee "$OUT/zf_methods/projection_stats.md"
 
 # 4. Fig. 6 reduced-budget training runs (fixed run dirs: outputs/train/<name>)
 for e in fig6_zf_small fig6_noclip fig6_alexnet_conv1 fig6_paper_scale fig6_paper_scale_noclip; do
@@ -79,6 +85,9 @@ if [ -f "$VGG" ]; then
   run_step vgg16_correspondence experiment=correspondence model=vgg16 model.weights="$VGG" \
     "correspondence.layers=[[4,output],[5,output]]"
   run_step vgg16_invariance experiment=invariance model=vgg16 model.weights="$VGG" "invariance.layers=[[1,output],[5,output]]"
+  run_step vgg16_sanity experiment=sanity model=vgg16 model.weights="$VGG" layer=conv4_3 "mine_layers=[]" data.limit=200 \
+    "sanity.modes=[cascade]" sanity.n_units=4 batch_size=32
+  $PY scripts/projection_stats.py "$OUT/vgg16_fig2" | tee "$OUT/vgg16_fig2/projection_stats.md"
   $PY scripts/methods_figure.py "$OUT/vgg16_fig2"   # -> figures/methods_overview.png, copied to docs below
 else say "VGG-16 trunk: $VGG not found, skipped"; fi
 
