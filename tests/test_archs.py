@@ -155,6 +155,10 @@ def test_image_dependence_is_one_without_switches():
     assert image_dependence(gwin[None].numpy()) < 0.9
     assert not max_pool_before(net, "5", 48)
     assert max_pool_before(torchvision.models.resnet18(), "layer1", 64)
+    # only the pools that run before the layer count, not those after it in the same forward
+    assert not max_pool_before(torchvision.models.resnet18(), "relu", 64)
+    vgg = torchvision.models.vgg11()
+    assert [max_pool_before(vgg, p, 64) for p in ("features.1", "features.3")] == [False, True]
 
 
 def test_image_dependence_of_vgg16_deconvnet_is_well_below_one(shared_models, imagenette_val):

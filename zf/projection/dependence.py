@@ -21,7 +21,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from zf.net.layers import resolve_layer
-from zf.net.modules import capture, eval_mode
+from zf.errors import LayerError
+from zf.net.modules import eval_mode, find_module
 
 DEFAULT_THRESHOLD = 0.95  # the run warns above this (configs/run.yaml: image_dependence_warn)
 
@@ -115,16 +116,25 @@ class _Pools(TorchFunctionMode):
 
 def max_pool_before(model: nn.Module, layer, input_size: int | tuple[int, int] = 224, tap: str = "relu") -> bool:
     """Whether a max pool (module or functional call) runs in the forward before ``layer`` (a name or module path)
-    is read: where the deconvnet has switches, and so where its projections can depend on the image."""
+    is read: where the deconvnet has switches, and so where its projections can depend on the image.  A module that
+    runs several times is judged at its last call, as ``capture`` reads it."""
     path = resolve_layer(model, layer, tap).path
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     p0 = next(model.parameters(), None)
     x = torch.zeros(1, 3, h, w, dtype=p0.dtype if p0 is not None else None,
                     device=p0.device if p0 is not None else None)
     mode = _Pools()
-    with eval_mode(model), torch.no_grad(), mode:
-        capture(model, x, [path], clone=False)
-    return mode.seen
+    at_layer: list[bool] = []
+    hook = find_module(model, path).register_forward_hook(lambda *_: at_layer.append(mode.seen))
+    try:
+        with eval_mode(model), torch.no_grad(), mode:
+            model(x)
+    finally:
+        hook.remove()
+    if not at_layer:
+        raise LayerError(f"layer {path!r} of {type(model).__name__} does not run in its forward; pick a module that "
+                         "does (list_layers=true)")
+    return at_layer[-1]
 
 
 def dependence_warning(layer: str, method: str, value: float, threshold: float, switches: bool) -> str | None:
