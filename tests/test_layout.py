@@ -103,3 +103,12 @@ def test_no_module_getattr():
     found = [name for name, tree in modules().items()
              if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)]
     assert not found, found
+
+
+def test_matplotlib_backend_is_left_to_the_scripts():
+    """The library never calls ``matplotlib.use``: a notebook keeps its backend; the scripts and the ``zf`` command's
+    entry point (``zf.edge.command``) pick Agg."""
+    found = [name for name, tree in modules().items() if name != "zf.edge.command" for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "use"
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "matplotlib"]
+    assert not found, found

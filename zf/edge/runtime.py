@@ -32,12 +32,14 @@ from zf.download import resolve_data_root
 from zf.edge.checks import (check_config, device_of, flag, integer, layers_from_cfg,  # noqa: F401
                             plain, split_folder, sweep_jobs, units_from_cfg)
 from zf.errors import ConfigError, LayerError, OutputError, ZFError
-from zf.jobs.topk import check_args
+from zf.jobs.topk import TopkRequest
 from zf.mining.cache import mine_cached
 from zf.net.layers import is_stack, resolve_layer
 from zf.net.models import build_model
+from zf.projection.rules import METHODS, ProjectionOptions
 from zf.tracking import Tracker
 from zf.training.train import TrainConfig
+from zf.views.render import RenderOptions
 
 
 def register_configs() -> None:
@@ -154,6 +156,19 @@ def mine_layers_from_cfg(cfg: DictConfig, model: torch.nn.Module) -> list:
                              "and nothing extra for other models; mine_layers=[] mines only the requested layers)"
                              ) from None
     return layers
+
+
+def topk_request_from_cfg(cfg: DictConfig, model: torch.nn.Module) -> TopkRequest:
+    """The main job's ``TopkRequest`` (``configs/run.yaml``), its values checked; the layers and units are checked
+    against the model by its ``check``.  ``compare_methods=true`` adds the other two methods after ``method``."""
+    methods = [cfg.method] + ([m for m in METHODS if m != cfg.method] if flag(cfg, "compare_methods") else [])
+    projection = ProjectionOptions(seed_mode=cfg.seed_mode, norm=cfg.norm, crop=str(cfg.get("crop", "auto")))
+    render = RenderOptions(methods, projection, cfg.display, int(cfg.dpi), flag(cfg, "unit_figures", True),
+                           flag(cfg, "progress", True))
+    return TopkRequest(layers_from_cfg(cfg), units_from_cfg(cfg), int(cfg.overview_units), int(cfg.k), cfg.tap,
+                       render, mine_layers_from_cfg(cfg, model), int(cfg.seed), int(cfg.batch_size),
+                       int(cfg.num_workers), flag(cfg, "gallery", True),
+                       float(cfg.get("image_dependence_warn", 0.95)))
 
 
 def normalize_from_cfg(cfg: DictConfig, model: torch.nn.Module | None = None):
@@ -322,8 +337,7 @@ def check_with_model(cfg: DictConfig, models: dict) -> None:
     key = OmegaConf.to_yaml(cfg.model) + str(cfg.seed)
     if key not in models:
         models[key] = model_from_cfg(cfg).eval()
-    check_args(models[key], layers_from_cfg(cfg), int(cfg.k), [cfg.method], cfg.tap, cfg.display,
-               int(cfg.data.size), units_from_cfg(cfg), mine_layers=mine_layers_from_cfg(cfg, models[key]))
+    topk_request_from_cfg(cfg, models[key]).check(models[key], int(cfg.data.size))
 
 
 class CheckSweep(Callback):

@@ -62,7 +62,8 @@ from zf.net.layers import TAPS, is_stack, layer_table, resolve_layer
 from zf.net.modules import capture, eval_mode, find_module, module_paths
 from zf.projection import stack
 from zf.projection.api import project_windows
-from zf.projection.rules import METHODS, SEEDS
+from zf.projection.reversible import fast_path
+from zf.projection.rules import METHODS, SEED_MODES
 from zf.views.results import save_figure, write_csv
 from zf.views.visualize import crop_boxes, display, image_hw, in_boxes, load_items, view_boxes, view_shape
 
@@ -260,7 +261,7 @@ def project_rows(model: nn.Module, prep: Rows, layer, method: str, tap: str = "c
     """float32 (U, k, 3, h, w): each row of ``prep`` projected with ``method`` through ``model`` (any weights),
     in its view (zero for empty ranks)."""
 
-    win, corners = project_windows(model, prep.x, prep.rows, layer, method=method, seed=seed_mode, tap=tap)
+    win, corners = project_windows(model, prep.x, prep.rows, layer, method=method, seed_mode=seed_mode, tap=tap)
     out = np.zeros((*prep.grid, 3, *prep.shape), np.float32)
     out[prep.uu, prep.rr] = in_boxes(win.detach().cpu().float().numpy(), corners.cpu().numpy(), prep.views,
                                       prep.shape)
@@ -272,10 +273,10 @@ def project_rows_methods(model: nn.Module, prep: Rows, layer, methods: Sequence[
     """{method: ``project_rows(model, prep, layer, method, ...)``} with one forward pass for all methods on a
     ``features`` stack that the stack engine reverses (the forward, which records the switches and ReLU masks, is
     the same for the three: about half the cost of a projection at relu4); other models: one call per method."""
-    t = stack.target(model, layer, tap) if stack.fast_path(model) else None
+    t = stack.target(model, layer, tap) if fast_path(model) else None
     if t is None or t.head is not None or len(methods) < 2:
         return {m: project_rows(model, prep, layer, m, tap, seed_mode) for m in methods}
-    wins, corners = stack.windows(model, t, prep.x, prep.rows, list(methods), seed_mode, "identity", None, 32)
+    wins, corners = stack.windows(model, t, prep.x, prep.rows, list(methods), seed_mode, "identity", None)
     out = {}
     for m in methods:
         o = np.zeros((*prep.grid, 3, *prep.shape), np.float32)
@@ -359,11 +360,7 @@ def sanity_figure(steps: list[dict], patches: np.ndarray, units: Sequence[int], 
     """Adebayo et al.'s Fig. 2 layout for ``show`` (indices into ``units``): per shown unit, one row per method;
     columns: the patch, the trained projection, then each ``mode`` step (cascade: randomised down to layer L).
     Each tile is stretched on its own (``zf.views.visualize.display``).  Returns (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
 
     cols = [steps[0]] + [s for s in steps if s["mode"] == mode]
     methods = list(steps[0]["projections"])
@@ -391,11 +388,7 @@ def sanity_figure(steps: list[dict], patches: np.ndarray, units: Sequence[int], 
 def curves_figure(summary: list[dict], layer: str = ""):
     """Median Spearman (abs) and SSIM against the cascade step, one line per method (Adebayo et al.'s Fig. 2
     curves).  Returns (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for m in dict.fromkeys(r["method"] for r in summary):
         pts = sorted((r["step"], r) for r in summary if r["method"] == m and r["mode"] in ("trained", "cascade"))
@@ -429,8 +422,8 @@ def check_args(methods: Sequence[str], modes: Sequence[str], init: str, tap: str
         raise ConfigError(f"sanity.init={init!r}: use one of {INITS}")
     if tap not in TAPS:
         raise ConfigError(f"sanity.tap={tap!r}: use one of {TAPS}")
-    if seed_mode not in SEEDS:
-        raise ConfigError(f"sanity.seed_mode={seed_mode!r}: use one of {SEEDS}")
+    if seed_mode not in SEED_MODES:
+        raise ConfigError(f"sanity.seed_mode={seed_mode!r}: use one of {SEED_MODES}")
 
 
 def run(model: nn.Module, dataset, table: TopK, layer: str, out, *, units: Sequence[int] | None = None,

@@ -415,7 +415,7 @@ class Explorer:
                 # graph runs on the whole image, which for one row costs one forward and backward, where its crop
                 # path would first measure the layer's field (minutes for a ResNet on 2 cores); both are exact
                 p = project(model, run.normalize(raw[None].to(run.device)), rows, layer, method=method,
-                            seed=run.seed_mode, tap=run.tap, norm=run.norm, crop=fast_path(model)).float().cpu()
+                            seed_mode=run.seed_mode, tap=run.tap, norm=run.norm, crop=fast_path(model)).float().cpu()
             # the run's view of a projection: the receptive field (cut to the image where larger), zero beyond the
             # image, stretched by the run's display mode (as zf.views.render draws the top k)
             p = crop_boxes(p, torch.tensor([view]), fill=0.0)[0]
