@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from zf.errors import ConfigError
 from zf.net.layers import TAPS
 from zf.projection.rules import CROPS, METHODS, NORMS, SEED_MODES
-from zf.training.train import TrainConfig, check_train_config
+from zf.training.config import TrainConfig, check_train_config
 from zf.views.visualize import DISPLAYS
 
 

@@ -38,7 +38,7 @@ from zf.net.layers import is_stack, resolve_layer
 from zf.net.models import build_model
 from zf.projection.rules import METHODS, ProjectionOptions
 from zf.tracking import Tracker
-from zf.training.train import TrainConfig
+from zf.training.config import TrainConfig
 from zf.views.render import RenderOptions
 
 

@@ -31,7 +31,8 @@ from zf.jobs.topk import topk_job
 from zf.net.layers import resolve_layer
 from zf.net.listing import format_layers, list_layers
 from zf.net.models import EVOLUTION_SNAPSHOTS, require_loaded
-from zf.training.train import TrainConfig, check_resume, fit_task
+from zf.training.config import TrainConfig, check_resume
+from zf.training.train import fit_task
 
 # --- the tasks ---------------------------------------------------------------------------------------------------
 
