@@ -92,12 +92,13 @@ def test_lists_mines_and_projects_exactly(arch, images):
 @pytest.mark.slow
 def test_one_channel_fields_equal_the_full_copy():
     from zf.net.modules import minable_layers
-    from zf.net.receptive import _fields, _linearised, _one_channel
+    from zf.net.linearised import linearised, one_channel
+    from zf.net.receptive import _fields
 
     for build in (_timm("tf_efficientnet_lite0"), _tv("googlenet")):
         model = build().eval()
         paths = [p for p, _ in minable_layers(model, 32)][::3]
-        assert _fields(_one_channel(_linearised(model)), (32, 32), paths) == _fields(_linearised(model), (32, 32),
+        assert _fields(one_channel(linearised(model)), (32, 32), paths) == _fields(linearised(model), (32, 32),
                                                                                      paths)
 
 
