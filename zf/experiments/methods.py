@@ -23,7 +23,7 @@ from zf.projection.api import resolve_target
 from zf.projection.rules import METHODS, ProjectionOptions
 from zf.views.plotting import image_grid
 from zf.views.results import save_figure
-from zf.views.visualize import display, unit_patches, unit_projections
+from zf.views.visualize import display, unit_projections, unit_views
 
 
 def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
@@ -33,9 +33,9 @@ def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequ
     (rows of ``table``)."""
     source = ImageSource(dataset, normalize or Normalize(), device=device)
     target = resolve_target(model, layer, tap, source.image_size)
-    patches = unit_patches(source, table, list(units))
-    return patches, {m: unit_projections(model, source, table, target, list(units), ProjectionOptions(m))
-                     for m in methods}
+    patches, first = unit_views(model, source, table, target, list(units), ProjectionOptions(methods[0]))
+    return patches, {m: first if m == methods[0] else
+                     unit_projections(model, source, table, target, list(units), ProjectionOptions(m)) for m in methods}
 
 
 def methods_figure(patches: np.ndarray, projections: dict[str, np.ndarray], units: Sequence[int], layer: str = "",

@@ -28,7 +28,7 @@ from zf.views import results as R
 from zf.views.gallery import build_gallery
 from zf.views.plotting import image_grid
 from zf.views.results import save_figure, write_csv
-from zf.views.visualize import DISPLAYS, display, overview_figure, unit_image, unit_patches, unit_projections
+from zf.views.visualize import DISPLAYS, display, overview_figure, unit_image, unit_projections, unit_views
 
 TOPK_COLUMNS = ["layer", "unit", "rank", "image", "path", "y", "x", "activation", "y0", "y1", "x0", "x1"]
 
@@ -83,8 +83,9 @@ def render_layer(out: Path, model, source: ImageSource, table: TopK, target: Tar
                  options: RenderOptions, tracker: Tracker | None = None) -> tuple[dict[str, Path], dict[str, float]]:
     """Write one layer's part of a run directory for the units of ``table``; returns ({method: overview figure},
     {method: image dependence}), the latter the median pairwise correlation of a unit's projections
-    (``zf.projection.dependence.image_dependence``).  The patches are cut once; each method's projections are
-    computed, stored (``save_projections``) and drawn from what was stored."""
+    (``zf.projection.dependence.image_dependence``).  The patches are cut once, from the images the first
+    method's pass reads; each method's projections are computed, stored (``save_projections``) and drawn from what
+    was stored."""
     tracker = tracker or Tracker(enabled=False)
     ldir = R.layer_dir(out, target.name)
     ldir.mkdir(parents=True, exist_ok=True)
@@ -92,11 +93,13 @@ def render_layer(out: Path, model, source: ImageSource, table: TopK, target: Tar
     write_csv(ldir / "topk.csv", topk_rows(target.name, table, source.paths), TOPK_COLUMNS)
     save_sources(out, source.dataset, table.image)
     units = table.units.tolist()
-    patches = unit_patches(source, table, units)
-    figs, dependence = {}, {}
+    figs, dependence, patches = {}, {}, None
     for method in options.methods:
-        proj = unit_projections(model, source, table, target, units, options.projection.with_method(method),
-                                options.progress)
+        projection = options.projection.with_method(method)
+        if patches is None:  # the first method's pass cuts the patches from the images it reads
+            patches, proj = unit_views(model, source, table, target, units, projection, progress=options.progress)
+        else:
+            proj = unit_projections(model, source, table, target, units, projection, options.progress)
         dependence[method] = image_dependence(proj, table.image[:, :proj.shape[1]] >= 0)
         proj = save_projections(ldir, method, proj)  # what the run keeps: a re-render gives the same pictures
         figs[method] = write_layer_images(out, target.name, table, overview, method, (patches, proj), options,

@@ -160,63 +160,85 @@ def _unit_chunks(table: TopK, units: Sequence[int], per_chunk: int):
         yield c0, uu, rr, ids, rows, torch.as_tensor(table.box[ti][uu, rr])
 
 
-def unit_patches(source: ImageSource, table: TopK, units: Sequence[int], fill: int = 128,
-                 units_per_chunk: int = 128) -> np.ndarray:
-    """The k receptive-field patches of each unit in ``units``: uint8 (U, k, h, w, 3), (h, w) the field cut to the
-    image size (``view_shape``); slots of empty ranks (fewer than k images) are zero, pixels outside the image or
-    the field ``fill``."""
+PATCH_FILL = 128  # the grey of a patch's pixels outside the image or the receptive field
+
+
+def _views(source: ImageSource, table: TopK, units: Sequence[int], project=None, with_patches: bool = True,
+           bar=None, units_per_chunk: int = 128) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Patches (``with_patches``) and projections (``project(raw images, rows) -> (windows, corners)``, if given) of
+    ``units``, reading each chunk's images once for both; ``bar`` a progress bar, one step a chunk."""
     units = [int(u) for u in units]
     sh, sw = view_shape(table, image_hw(source.dataset))
-    patches = np.zeros((len(units), table.k, sh, sw, 3), np.uint8)
+    patches = np.zeros((len(units), table.k, sh, sw, 3), np.uint8) if with_patches else None
+    projections = np.zeros((len(units), table.k, 3, sh, sw), np.float32) if project is not None else None
     for c0, uu, rr, ids, rows, boxes in _unit_chunks(table, units, units_per_chunk):
         raw = load_items(source.dataset, ids)                        # uint8 (n, 3, H, W)
         views = view_boxes(boxes, *raw.shape[2:])
-        crops = crop_boxes(raw[rows[:, 0]], views, fill, inside=boxes)  # (R, 3, sh, sw) uint8
-        patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
-    return patches
+        if project is not None:
+            win, corners = project(raw, rows)
+            projections[c0 + uu, rr] = in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
+                                                 (sh, sw))
+        if with_patches:
+            crops = crop_boxes(raw[rows[:, 0]], views, PATCH_FILL, inside=boxes)  # (R, 3, sh, sw) uint8
+            patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return patches, projections
+
+
+def _projector(model: nn.Module, source: ImageSource, target: Target, options: ProjectionOptions):
+    """``project(raw images, rows)`` for ``_views``: normalised on the source's device, ``target_windows``."""
+    normalize = source.normalize.to(source.device)
+
+    def project(raw: torch.Tensor, rows: torch.Tensor):
+        with torch.no_grad():
+            x = normalize(raw.to(source.device))
+        return target_windows(model, x, rows.to(source.device), target, options)
+    return project
+
+
+def _bar(target: Target, options: ProjectionOptions, units: Sequence[int], progress: bool, per_chunk: int = 128):
+    return tqdm(total=-(-len(units) // per_chunk), desc=f"projecting {target.name} ({options.method})",
+                disable=not progress, mininterval=5)
+
+
+def unit_patches(source: ImageSource, table: TopK, units: Sequence[int]) -> np.ndarray:
+    """The k receptive-field patches of each unit in ``units``: uint8 (U, k, h, w, 3), (h, w) the field cut to the
+    image size (``view_shape``); slots of empty ranks (fewer than k images) are zero, pixels outside the image or
+    the field ``PATCH_FILL``."""
+    return _views(source, table, units)[0]
 
 
 def unit_projections(model: nn.Module, source: ImageSource, table: TopK, target: Target, units: Sequence[int],
-                     options: ProjectionOptions, progress: bool = False, units_per_chunk: int = 128) -> np.ndarray:
-    """The k projections of each unit in ``units`` by ``options`` (the method, seed mode, LRN rule and crop), cut to the
-    same views as ``unit_patches``: float32 (U, k, 3, h, w); slots of empty ranks are zero."""
-    units = [int(u) for u in units]
-    sh, sw = view_shape(table, image_hw(source.dataset))
-    projections = np.zeros((len(units), table.k, 3, sh, sw), np.float32)
-    normalize = source.normalize.to(source.device)
-    bar = tqdm(total=-(-len(units) // units_per_chunk), desc=f"projecting {target.name} ({options.method})",
-               disable=not progress, mininterval=5)
-    for c0, uu, rr, ids, rows, boxes in _unit_chunks(table, units, units_per_chunk):
-        raw = load_items(source.dataset, ids)                        # uint8 (n, 3, H, W)
-        with torch.no_grad():
-            x = normalize(raw.to(source.device))
-        win, corners = target_windows(model, x, rows.to(source.device), target, options)
-        views = view_boxes(boxes, *raw.shape[2:])
-        projections[c0 + uu, rr] = in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
-                                             (sh, sw))
-        bar.update(1)
-    bar.close()
-    return projections
+                     options: ProjectionOptions, progress: bool = False) -> np.ndarray:
+    """The k projections of each unit in ``units`` by ``options`` (the method, seed mode, LRN rule and crop), cut to
+    the same views as ``unit_patches``: float32 (U, k, 3, h, w); slots of empty ranks are zero."""
+    return _views(source, table, units, _projector(model, source, target, options), False,
+                  _bar(target, options, units, progress))[1]
 
 
 def unit_views(model: nn.Module, source: ImageSource, table: TopK, layer: Target | int | str,
                units: Sequence[int], options: ProjectionOptions | None = None, tap: str = "relu",
                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The k patches and k projections of each unit in ``units`` (``unit_patches``, ``unit_projections``).
+    """The k patches and k projections of each unit in ``units`` (``unit_patches`` and ``unit_projections`` from
+    one read of the images).
 
     Args:
         source: the mined data set (``table.image`` indexes it), its normalisation and the model's device.
         table: the layer's ``TopK``.
         layer: the layer's ``Target`` (``zf.projection.api.resolve_target``), or its name as in the table (resolved
             here at ``tap``).
-        options: the projection's method, seed mode and LRN rule (default: the paper's deconvnet).
+        options: the projection's method, seed mode, LRN rule and crop (default: the paper's deconvnet).
     Returns:
         patches uint8 (U, k, h, w, 3) and projections float32 (U, k, 3, h, w), (h, w) the receptive-field size
         cut to the image size (``view_shape``); slots of empty ranks (fewer than k images) are zero.
     """
     target = layer if isinstance(layer, Target) else resolve_target(model, layer, tap, source.image_size)
-    return (unit_patches(source, table, units),
-            unit_projections(model, source, table, target, units, options or ProjectionOptions(), progress))
+    options = options or ProjectionOptions()
+    return _views(source, table, units, _projector(model, source, target, options), True,
+                  _bar(target, options, units, progress))
 
 
 def image_hw(dataset) -> tuple[int, int]:
