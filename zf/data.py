@@ -4,7 +4,8 @@ unlabelled images of any size and format PIL reads.
 Images are returned as uint8 tensors (3, S, S): the shorter side resized to ``resize``, then the centre ``size``
 crop (``transform_spec`` records this).  Normalisation happens on the batch (``Normalize``), so the uint8 images can
 also be cropped for display without undoing it.  An unreadable file is skipped with a warning naming it, never a crash
-mid-epoch; ``skipped`` lists them.
+mid-epoch; ``skipped`` lists them.  ``ImageSource`` holds a data set with its normalisation, transform spec and
+device, as a job reads it.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The plumbing of the Hydra edge, the one other module besides ``zf.edge.tasks`` that reads a config:
+"""The plumbing of the Hydra edge (with ``zf.edge.tasks`` and ``zf.edge.checks``, the modules that read a config):
 
-- building library objects from a config: ``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``, ``miner``;
+- building library objects from a config: ``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``, ``miner``,
+  ``topk_request_from_cfg`` (the main job's typed request; ``check_with_model`` checks it for every job of a sweep);
 - the ``task`` decorator (in the style of lightning-hydra-template's ``task_wrapper``), which gives each task its run
   directory, device, process group and W&B tracker and closes the tracker however the task ends;
 - ``dispatch``, which calls the task a config names (``task._target_``), and ``cli``, which turns a user error

@@ -12,7 +12,8 @@ alternative (each row on its own copy of the image, one forward of ``chunk`` cop
 for captum's per-unit loop.  When a unit's receptive field
 is much smaller than the image, each row instead runs forward and back on a crop of its receptive field aligned to
 the layer's stride, where the padding of every intermediate map is the one of the whole image, so the result is the
-same (``crop``; ``zf.net.receptive`` measures the field).  Rows whose crops coincide (one image, one corner: units at
+same (``crop``: used where ``crop_check`` finds it exact, ``crop=auto``; ``zf.net.receptive`` measures the
+field).  Rows whose crops coincide (one image, one corner: units at
 one position, or positions clamped to the same crop at a border) share the crop's forward pass.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ Dropout is the identity, batch norm (running statistics) its per-channel scale. 
 
 A ``features`` stack with a module this reverse pass does not cover (a dilated or rectangular kernel, an average
 pool, ...) is projected through ``zf.projection.graph`` instead (autograd with the same rules; slower), with a
-warning that names the module (``fast_path``).
+warning that names the module (``zf.projection.reversible.fast_path``).
 
 Speed (``windows``): a unit's projection only needs the pixels of its receptive field.  The forward pass runs once
 on the distinct images and records the switches (and ReLU masks, LRN inputs when needed).  The reverse pass then runs

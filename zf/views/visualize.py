@@ -4,7 +4,7 @@
     fig, ax = overview_figure(patches, projections, units=range(16), title="layer 4")
 
 Patches are cropped by the exact receptive field; where the field runs past the image border the missing part is
-filled with grey (``fill``), not shifted.  Projections are cropped to the same box; ``display`` stretches each one
+filled with grey (``PATCH_FILL``), not shifted.  Projections are cropped to the same box; ``display`` stretches each one
 for viewing.  A field larger than the image is shown cut to the image along that axis (``view_boxes``).
 """
 from __future__ import annotations
