@@ -60,8 +60,17 @@ norm = Normalize()
 def job(tag):
     import pathlib
     pathlib.Path(f"{work}/{tag}").mkdir(parents=True, exist_ok=True)
-    topk_job(model, ds, norm, {"size": size}, [layer], f"{work}/{tag}", f"{work}/cache", units=[0], k=2,
-             batch_size=8, num_workers=0, gallery=False, unit_figures=False, progress=False)
+    try:  # typed request values (issue 18)
+        from zf.data import ImageSource
+        from zf.jobs.topk import TopkRequest
+        from zf.views.render import RenderOptions
+    except ImportError:
+        topk_job(model, ds, norm, {"size": size}, [layer], f"{work}/{tag}", f"{work}/cache", units=[0], k=2,
+                 batch_size=8, num_workers=0, gallery=False, unit_figures=False, progress=False)
+        return
+    request = TopkRequest([layer], [0], k=2, batch_size=8, num_workers=0, gallery=False,
+                          render=RenderOptions(unit_figures=False, progress=False))
+    topk_job(model, ImageSource(ds, norm, {"size": size}), request, f"{work}/{tag}", f"{work}/cache")
 ok = True
 try:
     job("fill")

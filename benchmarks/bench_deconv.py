@@ -94,12 +94,12 @@ def main() -> None:
     if args.graph:
         return bench_graph(model, images, rows, layer, args, n, c, ys, xs)
 
-    project(model, images, rows[:n], layer, method=args.method, seed="one", norm=args.norm)  # warm up
+    project(model, images, rows[:n], layer, method=args.method, seed_mode="one", norm=args.norm)  # warm up
     t0 = time.perf_counter()
-    project_windows(model, images, rows, layer, method=args.method, seed="one", norm=args.norm)
+    project_windows(model, images, rows, layer, method=args.method, seed_mode="one", norm=args.norm)
     t_win = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours = project(model, images, rows, layer, method=args.method, seed="one", norm=args.norm)
+    ours = project(model, images, rows, layer, method=args.method, seed_mode="one", norm=args.norm)
     t_ours = time.perf_counter() - t0
 
     ref = torch.empty_like(ours)
@@ -137,7 +137,7 @@ def bench_graph(model, images, rows, layer, args, n, c, ys, xs) -> None:
     crops = len(torch.unique(torch.stack([rows[:, 0], ay, ax], 1), dim=0))
     print(f"receptive field of {path}: {rf.size_hw} px, stride {rf.stride_hw}; {len(rows)} rows on {crops} distinct "
           "crops (used where the field is under half the image)")
-    kw = dict(method=args.method, seed="one", batch_size=args.chunk)
+    kw = dict(method=args.method, seed_mode="one", batch_size=args.chunk)
     project(model, images, rows[:2], layer, **kw)  # warm up
     t0 = time.perf_counter()
     ours = project(model, images, rows, layer, **kw)

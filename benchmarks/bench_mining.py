@@ -57,7 +57,9 @@ def mining_pass(model, dataset, batch_size: int, workers: int) -> float:
 
 
 def whole_job(model, dataset, batch_size: int, workers: int) -> float:
-    from zf.views.render import render_layer
+    from zf.data import ImageSource
+    from zf.projection.api import resolve_target
+    from zf.views.render import RenderOptions, render_layer
 
     t = time.perf_counter()
     tables = mine(model, dataset, layers=[1, 2, 3, 4, 5], k=9, batch_size=batch_size, num_workers=workers,
@@ -65,7 +67,9 @@ def whole_job(model, dataset, batch_size: int, workers: int) -> float:
     table = tables["relu4"]
     units = table.units.tolist()
     with tempfile.TemporaryDirectory() as d:
-        render_layer(Path(d), model, dataset, Normalize(), table, "relu4", units[:16], ["deconvnet"], progress=False)
+        target = resolve_target(model, "relu4", "relu", dataset.size)
+        render_layer(Path(d), model, ImageSource(dataset, Normalize()), table, target, units[:16],
+                     RenderOptions(progress=False))
     return time.perf_counter() - t
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from zf.mining.cache import mine_cached
-from zf.data import ImageDataset, Normalize, default_data_root, transform_spec
+from zf.data import ImageDataset, ImageSource, Normalize, default_data_root, transform_spec
 from zf.experiments import sanity
 from zf.net.layers import resolve_layer
 from zf.net.models import load_zfnet, vgg16
@@ -44,7 +44,7 @@ def bench(name: str, model, layer: str, images: int, n_units: int, k: int, modes
     t_mine = time.perf_counter() - t0
     units = table.choose_units(n_units, 0)
     t0 = time.perf_counter()
-    unit_views(model, data, table, lay, units, method="deconvnet", normalize=norm)
+    unit_views(model, ImageSource(data, norm), table, lay, units)  # the paper's deconvnet
     t_plain = time.perf_counter() - t0
     n_layers = len(sanity.weighted_layers(model, sanity.target_layer(model, lay, "conv").path, "conv"))
     passes = (1 + n_layers * len(modes)) * len(methods)

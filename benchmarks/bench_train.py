@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from zf.data import Normalize, TensorImages
 from zf.net.models import zfnet
 from zf.tracking import Tracker
-from zf.training.train import TrainConfig, clip_feature_scale_, fit, make_optimizer, save_atomic
+from zf.training.checkpoints import save_atomic
+from zf.training.train import TrainConfig, clip_feature_scale_, fit, make_optimizer
 
 
 def sync(device):

@@ -4,8 +4,12 @@ Writes ``<run>/figures/methods_overview.png`` unless ``--out`` says otherwise.""
 import argparse
 from pathlib import Path
 
-from zf.views.render import methods_figure
-from zf.views.results import save_figure
+import matplotlib
+
+matplotlib.use("Agg")  # the scripts write figures to files; the library never picks a backend
+
+from zf.views.render import methods_figure  # noqa: E402
+from zf.views.results import save_figure  # noqa: E402
 
 
 def main() -> None:

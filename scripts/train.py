@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import hydra
+import matplotlib
+
+matplotlib.use("Agg")  # the scripts write figures to files; the library never picks a backend
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 

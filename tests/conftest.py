@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import pytest
 
 import zf.edge.runtime  # noqa: F401  (registers the structured configs the YAML files use)
 from zf.data import DEFAULT_DATA_ROOT, default_data_root
+
+matplotlib.use("Agg")  # as the scripts do: figures go to files
 
 #: Where the shared model files live unless ``ZF_MODELS`` says otherwise (``shared/models`` beside ``shared/data``).
 DEFAULT_MODELS_ROOT = DEFAULT_DATA_ROOT.parent.parent / "models"

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from zf.data import ImageDataset
+from zf.data import ImageDataset, ImageSource, Normalize
 from zf.mining.mine import mine
 from zf.net.listing import list_layers
 from zf.projection.graph import _CROP_OK, crop_check, project_graph
+from zf.projection.rules import ProjectionOptions
 from zf.views.visualize import unit_views
 
 timm = pytest.importorskip("timm")
@@ -75,11 +76,12 @@ def test_lists_mines_and_projects_exactly(arch, images):
     for layer in layers:
         assert layer in rows and rows[layer].rf_size[0] >= 1
     tables = mine(model, images, layers=layers, k=2, batch_size=4, progress=False)
+    source = ImageSource(images, Normalize(), {"size": SIZE})
     for layer in layers:
         table = tables[layer]
         for method in ("deconvnet", "guided", "gradient"):
-            _, auto = unit_views(model, images, table, layer, [0, 1], method=method, crop="auto")
-            _, whole = unit_views(model, images, table, layer, [0, 1], method=method, crop="off")
+            _, auto = unit_views(model, source, table, layer, [0, 1], ProjectionOptions(method, crop="auto"))
+            _, whole = unit_views(model, source, table, layer, [0, 1], ProjectionOptions(method, crop="off"))
             peak = np.abs(whole).max()
             assert peak > 0
             np.testing.assert_allclose(auto, whole, rtol=0, atol=1e-5 * peak)
@@ -90,12 +92,13 @@ def test_lists_mines_and_projects_exactly(arch, images):
 @pytest.mark.slow
 def test_one_channel_fields_equal_the_full_copy():
     from zf.net.modules import minable_layers
-    from zf.net.receptive import _fields, _linearised, _one_channel
+    from zf.net.linearised import linearised, one_channel
+    from zf.net.receptive import _fields
 
     for build in (_timm("tf_efficientnet_lite0"), _tv("googlenet")):
         model = build().eval()
         paths = [p for p, _ in minable_layers(model, 32)][::3]
-        assert _fields(_one_channel(_linearised(model)), (32, 32), paths) == _fields(_linearised(model), (32, 32),
+        assert _fields(one_channel(linearised(model)), (32, 32), paths) == _fields(linearised(model), (32, 32),
                                                                                      paths)
 
 

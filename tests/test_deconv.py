@@ -59,7 +59,7 @@ def test_tiny_overlapping_switches_sum(crop):
     expected = at22([[16.25, 32.5], [48.75, 65.0]])
     for method in METHODS:
         torch.testing.assert_close(project(model, x, rows, 2, method=method, crop=crop), expected, rtol=0, atol=0)
-        one = project(model, x, rows, 2, method=method, seed="one", crop=crop)
+        one = project(model, x, rows, 2, method=method, seed_mode="one", crop=crop)
         torch.testing.assert_close(one, expected / 6.5, rtol=1e-6, atol=0)
 
 
@@ -82,9 +82,9 @@ def test_tiny_deconvnet_ignores_forward_relu(crop):
     model, x, rows = Tiny([1.0, -2.0, 3.0, 0.5], -1.0), tiny_image(), torch.tensor([[0, 0, 0, 0]])
     expected = torch.zeros(1, 1, 6, 6)
     expected[0, 0, :2, :2] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    torch.testing.assert_close(project(model, x, rows, "relu1", seed="one", crop=crop), expected, rtol=0, atol=0)
+    torch.testing.assert_close(project(model, x, rows, "relu1", seed_mode="one", crop=crop), expected, rtol=0, atol=0)
     for method in ("guided", "gradient"):
-        assert project(model, x, rows, "relu1", method=method, seed="one", crop=crop).abs().max() == 0
+        assert project(model, x, rows, "relu1", method=method, seed_mode="one", crop=crop).abs().max() == 0
     assert project(model, x, rows, "relu1", crop=crop).abs().max() == 0
 
 
@@ -143,7 +143,7 @@ def test_agrees_with_captum_and_autograd(name):
         acts = activations(model, x, layer)
         rows = _rows(acts, 1, gen)
         for method, ref in (("deconvnet", NeuronDeconvolution), ("guided", NeuronGuidedBackprop), ("gradient", None)):
-            ours = project(model, x, rows, layer, method=method, seed="one")
+            ours = project(model, x, rows, layer, method=method, seed_mode="one")
             for r, row in enumerate(rows.tolist()):
                 if ref is None:
                     expected = _autograd(model, x, layer, row)
@@ -173,7 +173,7 @@ def test_crop_equals_full_image_with_lrn(norm):
             _close(crop, full)
     if norm == "gradient":  # the true gradient through LRN
         for row in rows.tolist():
-            ours = project(model, x, torch.tensor([row]), "pool5", method="gradient", seed="one", norm=norm)
+            ours = project(model, x, torch.tensor([row]), "pool5", method="gradient", seed_mode="one", norm=norm)
             expected = _autograd(model, x, "pool5", row)
             if expected.abs().max() == 0:  # a dead unit
                 assert ours.abs().max() == 0
@@ -183,7 +183,7 @@ def test_crop_equals_full_image_with_lrn(norm):
         acts = activations(model, x, "pool5")
         c, yx = divmod(int(acts[0].argmax()), acts.shape[2] * acts.shape[3])
         row = [0, c, *divmod(yx, acts.shape[3])]
-        a = project(model, x, torch.tensor([row]), "pool5", method="gradient", seed="one")
+        a = project(model, x, torch.tensor([row]), "pool5", method="gradient", seed_mode="one")
         assert (a - _autograd(model, x, "pool5", row)).abs().max() > 1e-3 * a.abs().max()
 
 
@@ -198,8 +198,8 @@ def test_projection_inside_receptive_field(name):
     for layer in layers:
         lay = resolve_layer(model, layer)
         rows = _rows(activations(model, x, layer), 2, gen)
-        p = project(model, x, rows, layer, seed="one")
-        win, corners = project_windows(model, x, rows, layer, seed="one")
+        p = project(model, x, rows, layer, seed_mode="one")
+        win, corners = project_windows(model, x, rows, layer, seed_mode="one")
         rf = rfs[lay.name]
         assert win.shape[-1] == min(rf.size, size)  # windows larger than the image are cut to it
         for r, (_, _, y, xx) in enumerate(rows.tolist()):
@@ -218,7 +218,7 @@ def test_fc_targets_use_the_full_image():
     acts = activations(model, x, "fc6")
     assert acts.shape == (2, 1024, 1, 1)
     rows = torch.tensor([[0, int(acts[0, :, 0, 0].argmax()), 0, 0], [1, 7, 0, 0]])
-    g = project(model, x, rows, "fc6", method="gradient", seed="one")
+    g = project(model, x, rows, "fc6", method="gradient", seed_mode="one")
     xi = x[:1].clone().requires_grad_(True)
     h = model.classifier.relu6(model.classifier.fc6(torch.flatten(model.avgpool(model.features(xi)), 1)))
     _close(g[:1], torch.autograd.grad(h[0, rows[0, 1]], xi)[0])
@@ -265,7 +265,7 @@ def test_stack_with_dilation_rectangles_and_avg_pool_goes_through_the_graph_engi
         torch.testing.assert_close(acts, model.features[:7 if layer == "relu3" else 10](x))
         rows = _rows(acts, 3, gen)
         for method, ref in (("deconvnet", NeuronDeconvolution), ("guided", NeuronGuidedBackprop)):
-            ours = project(model, x, rows, layer, method=method, seed="one")
+            ours = project(model, x, rows, layer, method=method, seed_mode="one")
             expected = torch.cat([ref(model, module).attribute(x[r[0]:r[0] + 1], neuron_selector=tuple(r[1:]))
                                   for r in rows.tolist()])
             assert expected.abs().max() > 0

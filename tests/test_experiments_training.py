@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from zf.net.models import count_parameters, zfnet
-from zf.training.train import feature_state
+from zf.training.checkpoints import feature_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_EXPERIMENTS = ["evolution", "filters", "probe", "methods", "ablation_table"]

@@ -116,7 +116,7 @@ def reference(run_dir):
         x = prepare(path)
         a = activations(model, x, layer, summary["tap"])[0, unit]
         y, xx = divmod(int(a.reshape(-1).argmax()), a.shape[1])
-        p = project(model, x, torch.tensor([[0, unit, y, xx]]), layer, method=method, seed=summary["seed_mode"],
+        p = project(model, x, torch.tensor([[0, unit, y, xx]]), layer, method=method, seed_mode=summary["seed_mode"],
                     tap=summary["tap"], norm=summary["norm"])[0]
         b = unit_box(rfs[layer], y, xx, 224)
         view = view_boxes(torch.tensor([[b.y0, b.y1, b.x0, b.x1]]), 224, 224)

@@ -171,7 +171,7 @@ def _truncated(tmp_path, keep: float) -> Path:
     return p
 
 
-@pytest.mark.parametrize("loader, keep", [("zf.training.train.load_checkpoint", k) for k in (0.0, 0.01, 0.5, 0.99)]
+@pytest.mark.parametrize("loader, keep", [("zf.training.checkpoints.load_checkpoint", k) for k in (0.0, 0.01, 0.5, 0.99)]
                          + [("zf.net.models.load_state_dict", k) for k in (0.0, 0.5)])
 def test_truncated_checkpoint_gives_checkpoint_error(tmp_path, loader, keep):
     """A training checkpoint or a weights file cut short: one line naming the file, never weights_only=False."""

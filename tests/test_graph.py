@@ -82,7 +82,7 @@ def test_agrees_with_captum(name, request):
         rows = _rows(acts, 2, gen)
         module = resolve_layer(model, layer).module
         for method in ("deconvnet", "guided"):
-            ours = project_graph(model, images, rows, layer, method, seed="one")
+            ours = project_graph(model, images, rows, layer, method, seed_mode="one")
             ref = _captum(model, module, images, rows, method)
             scale = ref.abs().max()
             assert scale > 0
@@ -101,8 +101,8 @@ def test_crop_path_equals_full_path_and_deconv_dispatches():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * float(b.abs().max()))
         torch.testing.assert_close(project(model, images, rows, "layer1", method=method), a)
     # project_windows: the same projections cut to the receptive-field boxes
-    win, corners = project_windows(model, images, rows, "layer1", seed="one")
-    full = project_graph(model, images, rows, "layer1", seed="one")
+    win, corners = project_windows(model, images, rows, "layer1", seed_mode="one")
+    full = project_graph(model, images, rows, "layer1", seed_mode="one")
     rf = graph_receptive_fields(model, 96, ["layer1"])["layer1"]
     assert win.shape == (4, 3, 43, 43) and rf.size_hw == (43, 43)
     for j, (y0, x0) in enumerate(corners.tolist()):
@@ -211,7 +211,7 @@ def test_activations_against_fx_reference(net, method):
     images = torch.randn(2, 3, 20, 20) * 3
     layer = "c3" if net is Functional else "body.8"
     rows = torch.tensor([[0, 1, 3, 3], [1, 4, 0, 5], [0, 5, 5, 0]])
-    ours = project_graph(model, images, rows, layer, method, seed="one", crop=False)
+    ours = project_graph(model, images, rows, layer, method, seed_mode="one", crop=False)
     ref = ref_project(model, images, rows, method)
     assert ref.abs().max() > 0
     assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
@@ -222,10 +222,10 @@ def test_zf_rectifies_functional_relu_where_captum_does_not():
     model = Functional().eval()
     images = torch.randn(2, 3, 20, 20)
     rows = torch.tensor([[0, 1, 3, 3], [1, 4, 2, 5]])
-    ours = project_graph(model, images, rows, "c3", "deconvnet", seed="one")
+    ours = project_graph(model, images, rows, "c3", "deconvnet", seed_mode="one")
     ref = ref_project(model, images, rows, "deconvnet")
     theirs = _captum(model, model.c3, images, rows, "deconvnet")
-    gradient = project_graph(model, images, rows, "c3", "gradient", seed="one")
+    gradient = project_graph(model, images, rows, "c3", "gradient", seed_mode="one")
     scale = ref.abs().max()
     assert (ours - ref).abs().max() <= 1e-5 * scale
     assert (theirs - ref).abs().max() > 1e-2 * scale  # captum hooks nn.ReLU modules only: F.relu gets its gradient
@@ -426,8 +426,8 @@ def test_rows_sharing_crops_share_forwards_and_equal_the_whole_image_path():
     assert len(counts) < n // 3 and counts.max() > counts.min() and len(torch.unique(ey - ay)) == 2
     assert ((ey == 112) & (ay % 4 == 0)).any() and ((ex == 80) & (ax % 4 == 0)).any()
     for method in ("deconvnet", "guided"):
-        a = project_graph(model, images, rows, "layer1", method, seed="one", crop=True, chunk=3)
-        b = project_graph(model, images, rows, "layer1", method, seed="one", crop=False, chunk=8)
+        a = project_graph(model, images, rows, "layer1", method, seed_mode="one", crop=True, chunk=3)
+        b = project_graph(model, images, rows, "layer1", method, seed_mode="one", crop=False, chunk=8)
         live = b.flatten(1).abs().amax(1) > 0  # guided: zero where the unit is off
         assert live.all() if method == "deconvnet" else live.sum() > n // 2
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * float(b.abs().max()))

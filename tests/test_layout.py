@@ -1,6 +1,7 @@
 """The package's layout (docs/ARCHITECTURE.md): subpackages in layers that import only downward, no import cycle
 between modules, no import inside a function except of an optional extra, no private name imported from another
-module."""
+module, no module over ``MAX_MODULE_LINES`` lines and no function over ``MAX_FUNCTION_LINES`` lines of code (issue 18),
+every module in docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import ast
@@ -16,6 +17,8 @@ LAYERS = [("zf.errors", "zf.faults", "zf.data", "zf.download", "zf.tracking"),
 #: imported inside functions only: optional extras (zf.explore.app needs Flask), and matplotlib (its backend is
 #: picked at first use)
 LAZY_OK = ("matplotlib", "wandb", "timm", "safetensors", "zf.explore.app")
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def modules() -> dict[str, ast.Module]:
@@ -103,3 +106,58 @@ def test_no_module_getattr():
     found = [name for name, tree in modules().items()
              if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)]
     assert not found, found
+
+
+def test_matplotlib_backend_is_left_to_the_scripts():
+    """The library never calls ``matplotlib.use``: a notebook keeps its backend; the scripts and the ``zf`` command's
+    entry point (``zf.edge.command``) pick Agg."""
+    found = [name for name, tree in modules().items() if name != "zf.edge.command" for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "use"
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "matplotlib"]
+    assert not found, found
+
+
+def code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    """The lines of ``fn``'s body that hold code: its docstring, blank lines and comment lines left out (nested
+    functions count as part of it)."""
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    rows = {i for stmt in body for i in range(stmt.lineno, stmt.end_lineno + 1)}
+    return sum(1 for i in rows if lines[i - 1].strip() and not lines[i - 1].strip().startswith("#"))
+
+
+def test_code_lines_counts_code_only():
+    src = 'def f(x):\n    """Doc\n    string."""\n    # a comment\n\n    y = (x +\n         1)\n    return y\n'
+    assert code_lines(ast.parse(src).body[0], src.splitlines()) == 3
+
+
+def test_modules_and_functions_are_short():
+    """A module a reader can hold (at most ``MAX_MODULE_LINES`` lines) and functions that fit on a screen (at most
+    ``MAX_FUNCTION_LINES`` lines of code)."""
+    long_modules, long_functions = [], []
+    for p in sorted(ROOT.rglob("*.py")):
+        lines = p.read_text().splitlines()
+        if len(lines) > MAX_MODULE_LINES:
+            long_modules.append(f"{p.relative_to(ROOT.parent)}: {len(lines)} lines")
+        for n in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and code_lines(n, lines) > MAX_FUNCTION_LINES:
+                long_functions.append(f"{p.relative_to(ROOT.parent)}:{n.lineno} {n.name}: {code_lines(n, lines)}")
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions
+
+
+def test_architecture_lists_every_module():
+    """docs/ARCHITECTURE.md names every module of the package (a subpackage's ``__init__`` by its folder)."""
+    doc = (ROOT.parent / "docs" / "ARCHITECTURE.md").read_text()
+    missing = []
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT.parent).as_posix()
+        if p.name == "__init__.py":
+            rel = rel[:-len("__init__.py")]
+            if p.parent == ROOT or len(p.read_text().splitlines()) < 20:  # a package docstring only
+                continue
+        if f"`{rel}`" not in doc and f"`{rel.rstrip('/')}`" not in doc:
+            missing.append(rel)
+    assert not missing, missing

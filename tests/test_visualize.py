@@ -171,7 +171,7 @@ def test_views_of_a_field_larger_than_the_image_are_the_image():
     field and grey outside it."""
     import torch
 
-    from zf.data import Normalize
+    from zf.data import ImageSource, Normalize
     from zf.mining.mine import mine
     from zf.projection.graph import project_graph
     from zf.views.visualize import unit_views
@@ -180,7 +180,7 @@ def test_views_of_a_field_larger_than_the_image_are_the_image():
     model, data = _BigField().eval(), _Images(6)
     table = mine(model, data, layers=["c3"], k=3, batch_size=4, progress=False)["c3"]
     assert table.box[0, 0, 1] - table.box[0, 0, 0] == 43
-    patches, proj = unit_views(model, data, table, "c3", [0, 4], normalize=Normalize())
+    patches, proj = unit_views(model, ImageSource(data, Normalize()), table, "c3", [0, 4])
     assert patches.shape == (2, 3, 32, 32, 3) and proj.shape == (2, 3, 3, 32, 32)
     outside = 0
     for i, u in enumerate([0, 4]):

@@ -4,7 +4,8 @@ unlabelled images of any size and format PIL reads.
 Images are returned as uint8 tensors (3, S, S): the shorter side resized to ``resize``, then the centre ``size``
 crop (``transform_spec`` records this).  Normalisation happens on the batch (``Normalize``), so the uint8 images can
 also be cropped for display without undoing it.  An unreadable file is skipped with a warning naming it, never a crash
-mid-epoch; ``skipped`` lists them.
+mid-epoch; ``skipped`` lists them.  ``ImageSource`` holds a data set with its normalisation, transform spec and
+device, as a job reads it.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -355,3 +357,27 @@ class BatchAugment(torch.nn.Module):
             u = rand(n, 1)[:, 0].to(x.device) if rand is not None else torch.rand(n, device=x.device)
             out = torch.where((u < 0.5)[:, None, None, None], out.flip(-1), out)
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSource:
+    """The images a job reads and how they enter the model, resolved once: ``dataset`` (items (uint8 image, label,
+    index), e.g. an ``ImageDataset``), ``normalize`` (uint8 -> model input, on ``device``), ``transform`` (the spec
+    of how the images were made: part of the mining cache key and of the run's summary) and the ``device`` the model
+    runs on."""
+
+    dataset: Any
+    normalize: Normalize
+    transform: dict = field(default_factory=dict)
+    device: torch.device | str = "cpu"
+
+    @cached_property
+    def paths(self) -> list[str]:
+        """The source path of every image id, as strings."""
+        return [str(self.dataset.path(i)) for i in range(len(self.dataset))]
+
+    @property
+    def image_size(self) -> int:
+        """The model-input size of the images (``transform["size"]``, 224 when the spec does not say)."""
+        return int(self.transform.get("size", 224))
+

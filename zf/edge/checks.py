@@ -4,7 +4,8 @@ for every job of a sweep before the first job runs (``zf.edge.runtime.CheckSweep
 ``configs/hydra/default.yaml``).
 
 What a check can only know with the model (a layer that does not exist, a unit past the last channel) is checked by
-the library before its data pass (``zf.jobs.topk.check_args``); ``CheckSweep`` builds each job's model for that too.
+the library before its data pass (``zf.jobs.topk.TopkRequest.check``); ``CheckSweep`` builds each job's model for
+that too.
 """
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from zf.errors import ConfigError
-from zf.jobs.topk import DISPLAYS
 from zf.net.layers import TAPS
-from zf.projection.graph import CROPS
-from zf.projection.rules import METHODS, NORMS, SEEDS
-from zf.training.train import TrainConfig, check_train_config
+from zf.projection.rules import CROPS, METHODS, NORMS, SEED_MODES
+from zf.training.config import TrainConfig, check_train_config
+from zf.views.visualize import DISPLAYS
 
 
 def plain(cfg):
@@ -151,7 +151,7 @@ def check_run(cfg: DictConfig) -> None:
     _one_of(cfg, "method", METHODS)
     _one_of(cfg, "display", DISPLAYS)
     _one_of(cfg, "tap", TAPS)
-    _one_of(cfg, "seed_mode", SEEDS)
+    _one_of(cfg, "seed_mode", SEED_MODES)
     _one_of(cfg, "norm", NORMS)
     if "crop" in cfg:
         _one_of(cfg, "crop", CROPS)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 import hydra
+import matplotlib
 
 from zf.edge.tasks import cli, dispatch
 from zf.errors import script_main
@@ -114,6 +115,7 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``zf COMMAND ARGS...``: look the command up in ``COMMANDS`` and call its function with ``ARGS``."""
+    matplotlib.use("Agg")  # the command, as the scripts, writes figures to files; the library never picks a backend
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -1,6 +1,7 @@
-"""The plumbing of the Hydra edge, the one other module besides ``zf.edge.tasks`` that reads a config:
+"""The plumbing of the Hydra edge (with ``zf.edge.tasks`` and ``zf.edge.checks``, the modules that read a config):
 
-- building library objects from a config: ``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``, ``miner``;
+- building library objects from a config: ``model_from_cfg``, ``dataset_from_cfg``, ``normalize_from_cfg``, ``miner``,
+  ``topk_request_from_cfg`` (the main job's typed request; ``check_with_model`` checks it for every job of a sweep);
 - the ``task`` decorator (in the style of lightning-hydra-template's ``task_wrapper``), which gives each task its run
   directory, device, process group and W&B tracker and closes the tracker however the task ends;
 - ``dispatch``, which calls the task a config names (``task._target_``), and ``cli``, which turns a user error
@@ -32,12 +33,14 @@ from zf.download import resolve_data_root
 from zf.edge.checks import (check_config, device_of, flag, integer, layers_from_cfg,  # noqa: F401
                             plain, split_folder, sweep_jobs, units_from_cfg)
 from zf.errors import ConfigError, LayerError, OutputError, ZFError
-from zf.jobs.topk import check_args
+from zf.jobs.topk import TopkRequest
 from zf.mining.cache import mine_cached
 from zf.net.layers import is_stack, resolve_layer
 from zf.net.models import build_model
+from zf.projection.rules import METHODS, ProjectionOptions
 from zf.tracking import Tracker
-from zf.training.train import TrainConfig
+from zf.training.config import TrainConfig
+from zf.views.render import RenderOptions
 
 
 def register_configs() -> None:
@@ -154,6 +157,19 @@ def mine_layers_from_cfg(cfg: DictConfig, model: torch.nn.Module) -> list:
                              "and nothing extra for other models; mine_layers=[] mines only the requested layers)"
                              ) from None
     return layers
+
+
+def topk_request_from_cfg(cfg: DictConfig, model: torch.nn.Module) -> TopkRequest:
+    """The main job's ``TopkRequest`` (``configs/run.yaml``), its values checked; the layers and units are checked
+    against the model by its ``check``.  ``compare_methods=true`` adds the other two methods after ``method``."""
+    methods = [cfg.method] + ([m for m in METHODS if m != cfg.method] if flag(cfg, "compare_methods") else [])
+    projection = ProjectionOptions(seed_mode=cfg.seed_mode, norm=cfg.norm, crop=str(cfg.get("crop", "auto")))
+    render = RenderOptions(methods, projection, cfg.display, int(cfg.dpi), flag(cfg, "unit_figures", True),
+                           flag(cfg, "progress", True))
+    return TopkRequest(layers_from_cfg(cfg), units_from_cfg(cfg), int(cfg.overview_units), int(cfg.k), cfg.tap,
+                       render, mine_layers_from_cfg(cfg, model), int(cfg.seed), int(cfg.batch_size),
+                       int(cfg.num_workers), flag(cfg, "gallery", True),
+                       float(cfg.get("image_dependence_warn", 0.95)))
 
 
 def normalize_from_cfg(cfg: DictConfig, model: torch.nn.Module | None = None):
@@ -322,8 +338,7 @@ def check_with_model(cfg: DictConfig, models: dict) -> None:
     key = OmegaConf.to_yaml(cfg.model) + str(cfg.seed)
     if key not in models:
         models[key] = model_from_cfg(cfg).eval()
-    check_args(models[key], layers_from_cfg(cfg), int(cfg.k), [cfg.method], cfg.tap, cfg.display,
-               int(cfg.data.size), units_from_cfg(cfg), mine_layers=mine_layers_from_cfg(cfg, models[key]))
+    topk_request_from_cfg(cfg, models[key]).check(models[key], int(cfg.data.size))
 
 
 class CheckSweep(Callback):

@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 # the scripts call cli and dispatch from here
 from zf.edge.runtime import Context, cli, dataset_from_cfg, dispatch, flag, hydra_main, miner  # noqa: F401
-from zf.edge.runtime import data_root_from_cfg, layers_from_cfg, mine_layers_from_cfg, model_from_cfg, model_info
-from zf.edge.runtime import normalize_from_cfg, plain, task, units_from_cfg
+from zf.data import ImageSource
+from zf.edge.runtime import data_root_from_cfg, mine_layers_from_cfg, model_from_cfg, model_info, normalize_from_cfg
+from zf.edge.runtime import plain, task, topk_request_from_cfg
 from zf.errors import ConfigError
 from zf.experiments import correspondence as correspondence_xp
 from zf.experiments import evolution as evolution_xp
@@ -30,8 +31,8 @@ from zf.jobs.topk import topk_job
 from zf.net.layers import resolve_layer
 from zf.net.listing import format_layers, list_layers
 from zf.net.models import EVOLUTION_SNAPSHOTS, require_loaded
-from zf.projection.rules import METHODS
-from zf.training.train import TrainConfig, check_resume, fit_task
+from zf.training.config import TrainConfig, check_resume
+from zf.training.train import fit_task
 
 # --- the tasks ---------------------------------------------------------------------------------------------------
 
@@ -44,21 +45,10 @@ def topk(cfg: DictConfig, ctx: Context) -> float:
         print(format_layers(list_layers(model, int(cfg.data.size))))
         return 0.0
     normalize, transform = normalize_from_cfg(cfg, model)
+    request = topk_request_from_cfg(cfg, model)
     dataset = dataset_from_cfg(cfg, cfg.get("split"))
-    layers, units = layers_from_cfg(cfg), units_from_cfg(cfg)
-
-    methods = [cfg.method] + ([m for m in METHODS if m != cfg.method]
-                              if flag(cfg, "compare_methods") else [])
-    summary = topk_job(model, dataset, normalize.to(ctx.device), transform, layers, ctx.out, cfg.paths.cache_dir,
-                       units=units, overview_units=int(cfg.overview_units), k=int(cfg.k), methods=methods,
-                       tap=cfg.tap, seed_mode=cfg.seed_mode, norm=cfg.norm, display=cfg.display,
-                       mine_layers=mine_layers_from_cfg(cfg, model), batch_size=int(cfg.batch_size),
-                       num_workers=int(cfg.num_workers), device=ctx.device, seed=int(cfg.seed),
-                       gallery=flag(cfg, "gallery", True), dpi=int(cfg.dpi),
-                       unit_figures=flag(cfg, "unit_figures", True), tracker=ctx.tracker,
-                       progress=flag(cfg, "progress", True),
-                       info=model_info(cfg, model), crop=str(cfg.get("crop", "auto")),
-                       image_dependence_warn=float(cfg.get("image_dependence_warn", 0.95)))
+    source = ImageSource(dataset, normalize.to(ctx.device), transform, ctx.device)
+    summary = topk_job(model, source, request, ctx.out, cfg.paths.cache_dir, ctx.tracker, model_info(cfg, model))
     return 0.0 if summary is None else list(summary["layers"].values())[-1]["mean_top1_activation"]
 
 

@@ -174,9 +174,6 @@ def to_markdown(rows: Sequence[dict]) -> str:
 
 def ablation_figure(rows: Sequence[dict]):
     """Change in val top-1 error from the baseline, ours beside the paper's, per change.  Returns (fig, ax)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r["name"] != BASELINE]

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from zf.data import Normalize
+from zf.data import ImageSource, Normalize
 from zf.mining.mine import mine
 from zf.mining.table import TopK
 from zf.net.layers import resolve_layer
 from zf.net.models import zfnet
+from zf.projection.rules import ProjectionOptions
 from zf.views.results import save_figure, write_csv
 from zf.views.visualize import display, unit_views
 
@@ -71,8 +72,8 @@ def top1_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequen
 
     Returns patches uint8 (U, s, s, 3) and projections float32 (U, 3, s, s), s = the layer's receptive field."""
     sub = table.select(units, ranks=1)
-    patches, proj = unit_views(model, dataset, sub, layer, list(units), method=method, tap=tap, normalize=normalize,
-                               device=device)
+    source = ImageSource(dataset, normalize or Normalize(), device=device)
+    patches, proj = unit_views(model, source, sub, layer, list(units), ProjectionOptions(method), tap)
     return patches[:, 0], proj[:, 0]
 
 
@@ -132,11 +133,7 @@ def evolution(snapshots: Sequence[tuple[int, nn.Module]], dataset, layers: Seque
 def evolution_figure(res: dict, mode: str = "symmetric", cell: float = 0.9, title: str | None = None):
     """Fig. 4 from ``evolution``'s result: rows = units grouped by layer (labelled at the left), columns = epochs.
     Each projection is stretched on its own (``zf.views.visualize.display``).  Returns (fig, axes (rows, E))."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
 
     rows = [(n, i, u) for n in res["layers"] for i, u in enumerate(res["units"][n])]
     ne = len(res["epochs"])

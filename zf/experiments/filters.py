@@ -126,9 +126,6 @@ def similarity_to_init(state: dict, init_state: dict) -> dict[str, float]:
 def filters_figure(weights: dict[str, torch.Tensor], title: str | None = None, scale: int = 4):
     """Layer-1 filter grids side by side, one panel per entry of ``weights`` ({panel title: (C_out, 3, k, k)});
     each filter contrast-stretched on its own (``zf.views.plotting.filter_grid``).  Returns (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     grids = {name: filter_grid(w, scale=scale) for name, w in weights.items()}
@@ -149,11 +146,7 @@ def comparison_figure(panels: dict[str, tuple[torch.Tensor, np.ndarray]], mode: 
 
     panels: {row title: (conv1 weight (C_out, 3, k, k), layer-2 projections float (U, 3, s, s))}.
     Returns (fig, axes (rows, 2))."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
 
     fig, axes = plt.subplots(len(panels), 2, figsize=(8.0, 3.8 * len(panels)), squeeze=False)
     for row, (name, (w, proj)) in enumerate(panels.items()):

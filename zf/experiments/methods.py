@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from zf.data import ImageSource, Normalize
 from zf.mining.table import TopK
-from zf.projection.rules import METHODS
+from zf.projection.api import resolve_target
+from zf.projection.rules import METHODS, ProjectionOptions
 from zf.views.plotting import image_grid
 from zf.views.results import save_figure
-from zf.views.visualize import display, unit_views
+from zf.views.visualize import display, unit_projections, unit_views
 
 
 def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
@@ -29,13 +31,11 @@ def method_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequ
                  tap: str = "relu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Patches uint8 (U, k, s, s, 3) and {method: projections float32 (U, k, 3, s, s)} of ``units`` of ``layer``
     (rows of ``table``)."""
-    patches, out = None, {}
-    for m in methods:
-        p, proj = unit_views(model, dataset, table, layer, list(units), method=m, tap=tap, normalize=normalize,
-                             device=device)
-        patches = p if patches is None else patches
-        out[m] = proj
-    return patches, out
+    source = ImageSource(dataset, normalize or Normalize(), device=device)
+    target = resolve_target(model, layer, tap, source.image_size)
+    patches, first = unit_views(model, source, table, target, list(units), ProjectionOptions(methods[0]))
+    return patches, {m: first if m == methods[0] else
+                     unit_projections(model, source, table, target, list(units), ProjectionOptions(m)) for m in methods}
 
 
 def methods_figure(patches: np.ndarray, projections: dict[str, np.ndarray], units: Sequence[int], layer: str = "",
@@ -43,11 +43,7 @@ def methods_figure(patches: np.ndarray, projections: dict[str, np.ndarray], unit
     """One row per unit: its k projections by each method (a 3x3 grid each), then its k patches.
 
     patches (U, k, s, s, 3) uint8; projections {method: (U, k, 3, s, s)}.  Returns (fig, axes (U, methods + 1))."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
 
     names = list(projections)
     k = patches.shape[1]

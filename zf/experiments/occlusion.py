@@ -25,14 +25,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from zf.data import ImageSource
 from zf.errors import ConfigError
 from zf.experiments.classes import readable
 from zf.experiments.features import forward_taps, grey_fill
 from zf.net.layers import resolve_layer
-from zf.projection.api import project_windows
+from zf.projection.api import project_windows, resolve_target
+from zf.projection.rules import ProjectionOptions
 from zf.views.plotting import image_grid
 from zf.views.results import save_figure
-from zf.views.visualize import display, unit_views
+from zf.views.visualize import display, unit_projections
 
 
 def grid_positions(height: int, width: int, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +219,9 @@ def run(model: nn.Module, raw: torch.Tensor, labels: Sequence[int], paths: Seque
         # (c): the same maps in other images = their mined top-k
         table = mine_fn([name])[name]
         for i, r in enumerate(results):
-            _, proj = unit_views(model, dataset, table, name, [r["unit"]], method=method, tap=tap, norm=norm,
-                                 normalize=normalize, device=device)
+            source = ImageSource(dataset, normalize, device=device)
+            target = resolve_target(model, name, tap, source.image_size)
+            proj = unit_projections(model, source, table, target, [r["unit"]], ProjectionOptions(method, norm=norm))
             others[i] = image_grid(display(proj[0], display_mode), ncols=3)
     names = readable(list(classes))
     np.save(out / "activation.npy", np.stack([r["activation"] for r in results]))

@@ -150,9 +150,6 @@ def _layer_number(label: str) -> int | None:
 def probe_figure(rows: Sequence[dict], paper: dict = PAPER_TABLE7, chance: float | None = None):
     """Bars: our val accuracy per layer; lines: the paper's Table 7 (Caltech-101 and -256, SVM) at the same layer
     numbers (layer 6 is not in the paper).  Returns (fig, ax)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     labels = [r["layer"] for r in rows]

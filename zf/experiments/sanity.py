@@ -34,8 +34,8 @@ Choices (the papers are silent on unit projections; each is an argument, ``confi
   colour channels (h, w), as Adebayo et al.'s absolute grayscale maps.  Spearman is computed on these values;
   SSIM on the same maps scaled to [0, 1] by (value - min) / (99th percentile - min), clipped (their normalisation),
   with the Gaussian-window SSIM of Wang et al. (2004): sigma 1.5, window 11, K1 0.01, K2 0.03, data range 1,
-  means over the map without the 5-pixel border the window does not cover (``ssim``; maps of 11 pixels or fewer
-  on a side keep the border).
+  means over the map without the 5-pixel border the window does not cover (``zf.experiments.similarity.ssim``;
+  maps of 11 pixels or fewer on a side keep the border).  The figures: ``zf.experiments.sanity_figures``.
 
     python scripts/run.py experiment=sanity layer=4
 """
@@ -50,8 +50,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
-from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -62,9 +60,12 @@ from zf.net.layers import TAPS, is_stack, layer_table, resolve_layer
 from zf.net.modules import capture, eval_mode, find_module, module_paths
 from zf.projection import stack
 from zf.projection.api import project_windows
-from zf.projection.rules import METHODS, SEEDS
+from zf.projection.reversible import fast_path
+from zf.projection.rules import METHODS, SEED_MODES
+from zf.experiments.sanity_figures import curves_figure, sanity_figure
+from zf.experiments.similarity import abs_map, normalise_map, similarity, ssim  # noqa: F401
 from zf.views.results import save_figure, write_csv
-from zf.views.visualize import crop_boxes, display, image_hw, in_boxes, load_items, view_boxes, view_shape
+from zf.views.visualize import crop_boxes, image_hw, in_boxes, load_items, view_boxes, view_shape
 
 MODES = ("cascade", "independent")
 INITS = ("default", "normal")
@@ -160,58 +161,6 @@ def cascade_steps(layers: Sequence[tuple[str, str]]) -> list[list[tuple[str, str
     return [top_first[:i] for i in range(1, len(top_first) + 1)]
 
 
-# --- the similarity measures ---------------------------------------------------------------------------------------
-
-
-def abs_map(projection: np.ndarray) -> np.ndarray:
-    """(..., 3, h, w) -> (..., h, w): the per-pixel magnitude summed over colour channels."""
-    return np.abs(np.asarray(projection, np.float64)).sum(-3)
-
-
-def normalise_map(m: np.ndarray, percentile: float = 99.0) -> np.ndarray:
-    """(h, w) -> [0, 1]: (m - min) / (percentile - min), clipped (Adebayo et al.'s display normalisation); a
-    constant map gives zeros."""
-    m = np.asarray(m, np.float64)
-    lo, hi = m.min(), np.percentile(m, percentile)
-    if not hi > lo:
-        hi = m.max()
-    if not hi > lo:
-        return np.zeros_like(m)
-    return np.clip((m - lo) / (hi - lo), 0.0, 1.0)
-
-
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5, truncate: float = 3.5,
-         k1: float = 0.01, k2: float = 0.03) -> float:
-    """The mean structural similarity of two (h, w) maps (Wang et al. 2004), with Gaussian-weighted local
-    statistics (``sigma``; population variances), as scikit-image's ``structural_similarity(a, b,
-    gaussian_weights=True, use_sample_covariance=False, data_range=...)`` computes it: filter with
-    ``scipy.ndimage.gaussian_filter`` (mode ``reflect``), then average the SSIM map over the pixels at least
-    (window - 1) / 2 from the border (the window is 11 for sigma 1.5); a map too small for that keeps every pixel."""
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"ssim: two (h, w) maps of one shape, got {a.shape} and {b.shape}")
-    f = lambda v: gaussian_filter(v, sigma=sigma, truncate=truncate)  # noqa: E731
-    ua, ub = f(a), f(b)
-    vaa, vbb, vab = f(a * a) - ua * ua, f(b * b) - ub * ub, f(a * b) - ua * ub
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (vaa + vbb + c2))
-    pad = (2 * int(truncate * sigma + 0.5)) // 2
-    if min(a.shape) > 2 * pad:
-        s = s[pad:-pad, pad:-pad]
-    return float(s.mean())
-
-
-def similarity(trained: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(Spearman rank correlation of the absolute maps, SSIM of the normalised absolute maps) between two
-    projections (3, h, w); NaN for both when either map is zero everywhere (or constant: no ranks)."""
-
-    a, b = abs_map(trained), abs_map(other)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan"), float("nan")
-    return float(spearmanr(a.ravel(), b.ravel())[0]), ssim(normalise_map(a), normalise_map(b))
-
-
 # --- projections of the same rows under several weight sets ---------------------------------------------------------
 
 
@@ -260,7 +209,7 @@ def project_rows(model: nn.Module, prep: Rows, layer, method: str, tap: str = "c
     """float32 (U, k, 3, h, w): each row of ``prep`` projected with ``method`` through ``model`` (any weights),
     in its view (zero for empty ranks)."""
 
-    win, corners = project_windows(model, prep.x, prep.rows, layer, method=method, seed=seed_mode, tap=tap)
+    win, corners = project_windows(model, prep.x, prep.rows, layer, method=method, seed_mode=seed_mode, tap=tap)
     out = np.zeros((*prep.grid, 3, *prep.shape), np.float32)
     out[prep.uu, prep.rr] = in_boxes(win.detach().cpu().float().numpy(), corners.cpu().numpy(), prep.views,
                                       prep.shape)
@@ -272,10 +221,10 @@ def project_rows_methods(model: nn.Module, prep: Rows, layer, methods: Sequence[
     """{method: ``project_rows(model, prep, layer, method, ...)``} with one forward pass for all methods on a
     ``features`` stack that the stack engine reverses (the forward, which records the switches and ReLU masks, is
     the same for the three: about half the cost of a projection at relu4); other models: one call per method."""
-    t = stack.target(model, layer, tap) if stack.fast_path(model) else None
+    t = stack.target(model, layer, tap) if fast_path(model) else None
     if t is None or t.head is not None or len(methods) < 2:
         return {m: project_rows(model, prep, layer, m, tap, seed_mode) for m in methods}
-    wins, corners = stack.windows(model, t, prep.x, prep.rows, list(methods), seed_mode, "identity", None, 32)
+    wins, corners = stack.windows(model, t, prep.x, prep.rows, list(methods), seed_mode, "identity", None)
     out = {}
     for m in methods:
         o = np.zeros((*prep.grid, 3, *prep.shape), np.float32)
@@ -351,69 +300,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-# --- figures -------------------------------------------------------------------------------------------------------
-
-
-def sanity_figure(steps: list[dict], patches: np.ndarray, units: Sequence[int], show: Sequence[int],
-                  mode: str = "cascade", layer: str = "", rank: int = 0, display_mode: str = "symmetric"):
-    """Adebayo et al.'s Fig. 2 layout for ``show`` (indices into ``units``): per shown unit, one row per method;
-    columns: the patch, the trained projection, then each ``mode`` step (cascade: randomised down to layer L).
-    Each tile is stretched on its own (``zf.views.visualize.display``).  Returns (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-
-    cols = [steps[0]] + [s for s in steps if s["mode"] == mode]
-    methods = list(steps[0]["projections"])
-    nrows, ncols = len(show) * len(methods), len(cols) + 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.25 * ncols + 0.6, 1.25 * nrows + 0.8), squeeze=False)
-    for a, i in enumerate(show):
-        for b, m in enumerate(methods):
-            r = a * len(methods) + b
-            axes[r, 0].imshow(patches[i, rank], interpolation="nearest")
-            for c, s in enumerate(cols, start=1):
-                axes[r, c].imshow(display(s["projections"][m][i, rank], display_mode), interpolation="nearest")
-            axes[r, 0].set_ylabel(f"unit {units[i]}\n{m}", fontsize=7)
-    for ax in axes.ravel():
-        ax.set_xticks([]), ax.set_yticks([])
-    axes[0, 0].set_title("patch", fontsize=7)
-    axes[0, 1].set_title("trained", fontsize=7)
-    for c, s in enumerate(cols[1:], start=2):
-        what = f"down to\n{s['down_to']}" if mode == "cascade" else f"only\n{s['down_to']}"
-        axes[0, c].set_title(what, fontsize=7)
-    fig.suptitle(f"{layer}: {mode} randomisation (Adebayo et al. 2018), rank {rank + 1} rows", fontsize=9)
-    fig.tight_layout()
-    return fig, axes
-
-
-def curves_figure(summary: list[dict], layer: str = ""):
-    """Median Spearman (abs) and SSIM against the cascade step, one line per method (Adebayo et al.'s Fig. 2
-    curves).  Returns (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for m in dict.fromkeys(r["method"] for r in summary):
-        pts = sorted((r["step"], r) for r in summary if r["method"] == m and r["mode"] in ("trained", "cascade"))
-        labels = ["trained"] + [r["down_to"] for _, r in pts[1:]]
-        for ax, key in zip(axes, ("median_spearman_abs", "median_ssim")):
-            ax.plot(range(len(pts)), [r[key] for _, r in pts], marker="o", label=m)
-            ax.set_xticks(range(len(pts)), labels, rotation=60, fontsize=7)
-    for ax, name in zip(axes, ("Spearman rank corr. (abs)", "SSIM")):
-        ax.set_ylabel(f"median {name}", fontsize=8)
-        ax.set_xlabel("cascade: randomised down to", fontsize=8)
-        ax.axhline(0, color="0.7", lw=0.8)
-        ax.set_ylim(-0.1, 1.05)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{layer}: similarity to the trained projection", fontsize=9)
-    fig.tight_layout()
-    return fig, axes
-
-
 # --- the experiment ------------------------------------------------------------------------------------------------
 
 
@@ -429,8 +315,8 @@ def check_args(methods: Sequence[str], modes: Sequence[str], init: str, tap: str
         raise ConfigError(f"sanity.init={init!r}: use one of {INITS}")
     if tap not in TAPS:
         raise ConfigError(f"sanity.tap={tap!r}: use one of {TAPS}")
-    if seed_mode not in SEEDS:
-        raise ConfigError(f"sanity.seed_mode={seed_mode!r}: use one of {SEEDS}")
+    if seed_mode not in SEED_MODES:
+        raise ConfigError(f"sanity.seed_mode={seed_mode!r}: use one of {SEED_MODES}")
 
 
 def run(model: nn.Module, dataset, table: TopK, layer: str, out, *, units: Sequence[int] | None = None,

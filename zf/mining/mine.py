@@ -163,12 +163,7 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
     receptive fields cannot be computed.
     """
     # everything that can be wrong with the arguments fails here, before the pass
-    k = _positive_int("k", k)
-    batch_size = _positive_int("batch_size", batch_size)
-    save_every = _positive_int("save_every", save_every)
-    num_workers = _positive_int("num_workers", num_workers, 0)
-    if save_every_s is not None and not save_every_s >= 0:
-        raise ConfigError(f"save_every_s={save_every_s!r}: must be seconds >= 0 (or None)")
+    k, batch_size, save_every, num_workers = _checked(k, batch_size, save_every, num_workers, save_every_s)
     taps = _feature_taps(model, layers, tap)
     guess = getattr(dataset, "size", None)
     guess = guess if isinstance(guess, int) else 224  # the image size the fields are computed for before the pass
@@ -179,93 +174,146 @@ def mine(model: nn.Module, dataset, layers: Sequence = (1, 2, 3, 4, 5), k: int =
     model.eval().to(device)
     normalize = (normalize or Normalize()).to(device)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    n = len(dataset)
-    # this process's shard: a contiguous run of whole batches, so every batch holds the same images as in a
-    # single-process pass and the activations are bitwise the same (convolutions may round differently for
-    # other batch sizes)
-    nb = -(-n // batch_size)
-    lo, hi = min(n, nb * rank // world * batch_size), min(n, nb * (rank + 1) // world * batch_size)
-    state_file = Path(f"{state_path}.rank{rank}") if state_path and world > 1 else (
-        Path(state_path) if state_path else None)
-
-    running: dict[str, Running] = {}
-    done = 0  # images of the shard already mined
-    skipped: list[str] = []  # unreadable files of this shard, this run and the runs it resumes
-    if state_file is not None and state_file.is_file():
-        s = torch.load(state_file, map_location="cpu", weights_only=True)
-        running = {name: Running.from_state(v) for name, v in s["layers"].items()}
-        done = int(s["done"])
-        skipped = list(s.get("skipped", []))
-        add_skipped(dataset, skipped)
-    map_sizes: dict[str, tuple[int, int]] = {}
-    image_size: tuple[int, int] | None = None
-
-    def save() -> None:
-        if state_file is None:
-            return
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        # the state's own name + .tmp: with_suffix would turn state.rank0 and state.rank1 into the same state.tmp,
-        # which two processes then write and rename over each other
-        tmp = state_file.with_name(state_file.name + ".tmp")
-        torch.save({"done": done, "layers": {nm: r.state() for nm, r in running.items()}, "skipped": skipped}, tmp)
-        os.replace(tmp, state_file)
-
-    bar = tqdm(total=hi - lo, initial=done, desc=f"mining {', '.join(taps.values())}", unit="img",
+    lo, hi = _shard(len(dataset), batch_size, rank, world)
+    state = _Pass.resume(_state_file(state_path, rank, world), dataset)
+    seen = _Seen()
+    bar = tqdm(total=hi - lo, initial=state.done, desc=f"mining {', '.join(taps.values())}", unit="img",
                disable=not progress or rank != 0, mininterval=5)
-    batches = since_save = 0
-    last_save = time.monotonic()
-    for batch, bad in _loader(dataset, range(lo + done, hi), batch_size, num_workers):
-        for name in record_skipped(dataset, bad):
-            if name not in skipped:
-                skipped.append(name)
+    batches = 0
+    for batch, bad in _loader(dataset, range(lo + state.done, hi), batch_size, num_workers):
+        state.add_skipped(record_skipped(dataset, bad))
         if batch is not None:
             x, _, idx = batch
-            image_size = tuple(x.shape[-2:])
             acts = run_features(model, normalize(x.to(device)), taps)
-            ids = idx.to(device)  # the dataset's own indices
-            for name, a in acts.items():
-                nimg, c, h, w = a.shape
-                map_sizes[name] = (h, w)
-                val, pos = a.reshape(nimg, c, h * w).max(dim=2)            # (N, C): strongest position per image
-                if name not in running:
-                    running[name] = Running(c, k)
-                running[name].update(val.t().cpu(), ids.expand(c, nimg).cpu(), pos.t().cpu())
-        covered = min(batch_size, hi - lo - done)  # unreadable images count as done too
+            seen.image_size = tuple(x.shape[-2:])
+            _update(state.running, acts, idx.to(device), k, seen.map_sizes)  # idx: the dataset's own indices
+        covered = min(batch_size, hi - lo - state.done)  # unreadable images count as done too
         bar.update(covered)
-        done += covered
+        state.done += covered
         batches += 1
-        since_save += 1
-        if state_file is not None and (since_save >= save_every or (
-                save_every_s is not None and time.monotonic() - last_save >= save_every_s)):
-            save()
-            since_save, last_save = 0, time.monotonic()
+        state.save_if_due(save_every, save_every_s)
         if stop_after is not None and batches >= stop_after:
-            save()
+            state.save()
             bar.close()
             return {}
     bar.close()
-    done = hi - lo
-    save()
-
-    if world > 1:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, {nm: r.state() for nm, r in running.items()})
-        names = sorted({nm for g in gathered for nm in g})
-        merged = {nm: merge(g[nm] for g in gathered if nm in g) for nm in names}
-        sizes: list = [None] * world
-        dist.all_gather_object(sizes, (map_sizes, image_size, skipped))
-        for ms, isz, sk in sizes:  # rank order = data order (contiguous shards)
-            map_sizes.update(ms)
-            image_size = image_size or isz
-            add_skipped(dataset, sk)
-    else:
-        merged = {nm: r.state() for nm, r in running.items()}
-    if image_size is None:
+    state.done = hi - lo
+    state.save()
+    merged = _gather(state, seen, dataset, world)
+    if seen.image_size is None:
         x0 = dataset[0]
-        image_size = tuple(x0[0].shape[-2:]) if x0 is not None else (224, 224)
-    if image_size[0] != guess:
-        rfs = _receptive_fields(model, image_size[0], layers)
-    return to_tables(model, merged, map_sizes, image_size, rfs=rfs)
+        seen.image_size = tuple(x0[0].shape[-2:]) if x0 is not None else (224, 224)
+    rfs = rfs if seen.image_size[0] == guess else _receptive_fields(model, seen.image_size[0], layers)
+    return to_tables(model, merged, seen.map_sizes, seen.image_size, rfs=rfs)
+
+
+def _checked(k, batch_size, save_every, num_workers, save_every_s) -> tuple[int, int, int, int]:
+    """``mine``'s counts as ints, after checking them (``ConfigError``)."""
+    out = (_positive_int("k", k), _positive_int("batch_size", batch_size), _positive_int("save_every", save_every),
+           _positive_int("num_workers", num_workers, 0))
+    if save_every_s is not None and not save_every_s >= 0:
+        raise ConfigError(f"save_every_s={save_every_s!r}: must be seconds >= 0 (or None)")
+    return out
+
+
+def _shard(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """This process's shard [lo, hi) of ``n`` images: a contiguous run of whole batches, so every batch holds the
+    same images as in a single-process pass and the activations are bitwise the same (convolutions may round
+    differently for other batch sizes)."""
+    nb = -(-n // batch_size)
+    return min(n, nb * rank // world * batch_size), min(n, nb * (rank + 1) // world * batch_size)
+
+
+def _state_file(state_path, rank: int, world: int) -> Path | None:
+    """Where this process keeps its resumable state (one file per process under torchrun)."""
+    if not state_path:
+        return None
+    return Path(f"{state_path}.rank{rank}") if world > 1 else Path(state_path)
+
+
+class _Pass:
+    """The resumable state of one process's pass: the running tables, the images of the shard done, the unreadable
+    files of this shard (this run and the runs it resumes), and when it was last saved to ``file``."""
+
+    def __init__(self, file: Path | None):
+        self.file = file
+        self.running: dict[str, Running] = {}
+        self.done = 0
+        self.skipped: list[str] = []
+        self.since_save, self.last_save = 0, time.monotonic()
+
+    @classmethod
+    def resume(cls, file: Path | None, dataset) -> "_Pass":
+        """A new pass, or the one saved in ``file`` (its unreadable files are added to ``dataset.skipped``)."""
+        state = cls(file)
+        if file is not None and file.is_file():
+            s = torch.load(file, map_location="cpu", weights_only=True)
+            state.running = {name: Running.from_state(v) for name, v in s["layers"].items()}
+            state.done = int(s["done"])
+            state.skipped = list(s.get("skipped", []))
+            add_skipped(dataset, state.skipped)
+        return state
+
+    def add_skipped(self, names) -> None:
+        for name in names:
+            if name not in self.skipped:
+                self.skipped.append(name)
+
+    def save(self) -> None:
+        if self.file is None:
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        # the state's own name + .tmp: with_suffix would turn state.rank0 and state.rank1 into the same state.tmp,
+        # which two processes then write and rename over each other
+        tmp = self.file.with_name(self.file.name + ".tmp")
+        torch.save({"done": self.done, "layers": {nm: r.state() for nm, r in self.running.items()},
+                    "skipped": self.skipped}, tmp)
+        os.replace(tmp, self.file)
+
+    def save_if_due(self, every: int, every_s: float | None) -> None:
+        """Count a batch; save after ``every`` batches or ``every_s`` seconds since the last save."""
+        self.since_save += 1
+        if self.file is not None and (self.since_save >= every or (
+                every_s is not None and time.monotonic() - self.last_save >= every_s)):
+            self.save()
+            self.since_save, self.last_save = 0, time.monotonic()
+
+
+class _Seen:
+    """What the pass has seen of the data: each layer's map size and the images' size."""
+
+    def __init__(self):
+        self.map_sizes: dict[str, tuple[int, int]] = {}
+        self.image_size: tuple[int, int] | None = None
+
+
+def _update(running: dict[str, Running], acts: dict[str, torch.Tensor], ids: torch.Tensor, k: int,
+            map_sizes: dict) -> None:
+    """Merge one batch's activations {layer: (N, C, h, w)} of images ``ids`` into the running tables."""
+    for name, a in acts.items():
+        nimg, c, h, w = a.shape
+        map_sizes[name] = (h, w)
+        val, pos = a.reshape(nimg, c, h * w).max(dim=2)            # (N, C): strongest position per image
+        if name not in running:
+            running[name] = Running(c, k)
+        running[name].update(val.t().cpu(), ids.expand(c, nimg).cpu(), pos.t().cpu())
+
+
+def _gather(state: _Pass, seen: _Seen, dataset, world: int) -> dict:
+    """The merged running states of every process (and their map sizes, image size and unreadable files)."""
+    if world == 1:
+        return {nm: r.state() for nm, r in state.running.items()}
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, {nm: r.state() for nm, r in state.running.items()})
+    names = sorted({nm for g in gathered for nm in g})
+    merged = {nm: merge(g[nm] for g in gathered if nm in g) for nm in names}
+    sizes: list = [None] * world
+    dist.all_gather_object(sizes, (seen.map_sizes, seen.image_size, state.skipped))
+    for ms, isz, sk in sizes:  # rank order = data order (contiguous shards)
+        seen.map_sizes.update(ms)
+        seen.image_size = seen.image_size or isz
+        add_skipped(dataset, sk)
+    return merged
 
 
 def _receptive_fields(model: nn.Module, input_size: int, layers=None):

@@ -9,15 +9,18 @@ it can reverse: zfnet, AlexNet, VGG) or ``zf.projection.graph`` (autograd on any
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from zf.errors import ConfigError
 from zf.net.layers import Layer, is_stack, resolve_layer
+from zf.net.receptive import RF, graph_receptive_fields, receptive_fields
 from zf.projection import stack
-from zf.projection.graph import CROPS, graph_activations, graph_windows, project_graph
-from zf.projection.rules import METHODS, NORMS, check_options
-from zf.projection.stack import NotInvertibleError, fast_path
+from zf.projection.graph import graph_activations, graph_windows, project_graph
+from zf.projection.reversible import NotInvertibleError, fast_path, stack_obstacle
+from zf.projection.rules import CROPS, METHODS, NORMS, ProjectionOptions, check_options
 from zf.projection.windows import check_inputs, paste
 
 
@@ -26,7 +29,7 @@ def graph_layer(model: nn.Module, layer, tap: str) -> Layer:
     lay = resolve_layer(model, layer, tap)
     if is_stack(model) and lay.index is None:
         raise NotInvertibleError(f"{lay.name} is in the classifier of a features stack projected through "
-                                 f"zf.projection.graph ({stack.stack_obstacle(model)}); choose a layer of "
+                                 f"zf.projection.graph ({stack_obstacle(model)}); choose a layer of "
                                  "model.features")
     return lay
 
@@ -38,6 +41,55 @@ def check_invertible(model: nn.Module, layer: int | str, tap: str = "relu") -> L
     if not fast_path(model):
         return graph_layer(model, layer, tap)
     return stack.target(model, layer, tap).layer
+
+
+@dataclass(frozen=True)
+class Target:
+    """A layer resolved once for mining, projecting and drawing it: ``layer`` (its name, module path and module),
+    the ``tap``, the receptive field ``rf`` of its units at the input size (``None`` for a classifier layer, whose
+    units see the whole image), the ``engine`` that projects it (``"stack"`` or ``"graph"``) and, for the stack
+    engine, its ``plan`` (how far the forward pass runs)."""
+
+    layer: Layer
+    tap: str
+    rf: RF | None
+    engine: str
+    plan: stack.Target | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+def resolve_target(model: nn.Module, layer: int | str, tap: str = "relu",
+                   input_size: int | tuple[int, int] = 224) -> Target:
+    """``layer`` of ``model`` at ``tap`` as a ``Target``, after the checks of ``check_invertible``."""
+    if fast_path(model):
+        plan = stack.target(model, layer, tap)
+        lay, engine = plan.layer, "stack"
+    else:
+        plan, lay, engine = None, graph_layer(model, layer, tap), "graph"
+    if lay.index is None and is_stack(model):
+        rf = None  # a classifier layer
+    elif is_stack(model):
+        rf = receptive_fields(model, input_size)[lay.name]
+    else:
+        rf = graph_receptive_fields(model, input_size, [lay.path])[lay.path]
+    return Target(lay, tap, rf, engine, plan)
+
+
+def target_windows(model: nn.Module, images: torch.Tensor, rows, target: Target, options: ProjectionOptions,
+                   batch_size: int | None = None):
+    """``project_windows`` for a resolved ``target`` with checked ``options``."""
+    rows = check_inputs(images, rows, options.method, options.seed_mode)
+    if target.engine == "graph":
+        return graph_windows(model, images, rows, target.layer.path, options.method, options.seed_mode, batch_size,
+                             options.crop)
+    if target.plan.head is not None:
+        raise ValueError(f"{target.name} is in the classifier: its receptive field is the whole image; use "
+                         "project(..., crop=False)")
+    return stack.windows(model, target.plan, images, rows, options.method, options.seed_mode, options.norm,
+                         batch_size)
 
 
 @torch.no_grad()
@@ -61,14 +113,14 @@ def graph_crop(crop: bool | str) -> bool | None:
     raise ConfigError(f"crop={crop!r}: use one of {', '.join(CROPS)}")
 
 
-def _check_args(images, rows, method, seed, norm):
-    check_options(method, seed, norm)
-    return check_inputs(images, rows, method, seed)
+def _check_args(images, rows, method, seed_mode, norm):
+    check_options(method, seed_mode, norm)
+    return check_inputs(images, rows, method, seed_mode)
 
 
 def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
-                    method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-                    batch_size: int | None = None, images_per_chunk: int = 32, crop: str | bool = "auto"):
+                    method: str = "deconvnet", seed_mode: str = "activation", tap: str = "relu", norm: str = "identity",
+                    batch_size: int | None = None, crop: str | bool = "auto"):
     """Like ``project(..., crop=True)`` but without pasting: returns (windows, corners) with windows (R, 3, s, t)
     the projections inside each unit's receptive field (s = t = ``zf.net.receptive`` size, zero outside the image; a
     side longer than the image's is cut to the image, with corner 0) and corners (R, 2) the (y0, x0) of each
@@ -76,21 +128,21 @@ def project_windows(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, 
     without ever building (R, 3, H, W).  Any other model: ``zf.projection.graph.project_graph`` cut to the same windows
     (``batch_size`` is its ``chunk``, ``crop`` its ``crop``: ``"auto"`` or ``"off"``; the window engine's windows
     are exact on any crop and ignore it)."""
-    rows = _check_args(images, rows, method, seed, norm)
+    rows = _check_args(images, rows, method, seed_mode, norm)
     gcrop = graph_crop(crop)
     if not fast_path(model):
-        return graph_windows(model, images, rows, graph_layer(model, layer, tap).path, method, seed, batch_size,
+        return graph_windows(model, images, rows, graph_layer(model, layer, tap).path, method, seed_mode, batch_size,
                              "auto" if gcrop is None else "off")
     t = stack.target(model, layer, tap)
     if t.head is not None:
         raise ValueError(f"{t.layer.name} is in the classifier: its receptive field is the whole image; use "
                          "project(..., crop=False)")
-    return stack.windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
+    return stack.windows(model, t, images, rows, method, seed_mode, norm, batch_size)
 
 
 def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: int | str,
-            method: str = "deconvnet", seed: str = "activation", tap: str = "relu", norm: str = "identity",
-            crop: bool | str = True, batch_size: int | None = None, images_per_chunk: int = 32) -> torch.Tensor:
+            method: str = "deconvnet", seed_mode: str = "activation", tap: str = "relu", norm: str = "identity",
+            crop: bool | str = True, batch_size: int | None = None) -> torch.Tensor:
     """Project single activations down to pixel space (section 2.1).
 
     Args:
@@ -100,8 +152,9 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
         rows: (R, 4) long, one projection per row: (image index into ``images``, channel, y, x) of the activation at
             the layer's tap (y = x = 0 for a classifier layer).  Rows may mix images, channels and positions.
         layer: anything ``zf.net.layers.resolve_layer`` takes: 1..5, ``"conv4"``, ``"pool5"``, ``"fc6"``,
-        ``"features.9"``. method: ``"deconvnet"`` (the paper), ``"guided"`` or ``"gradient"`` (see the module
-        docstring). seed: ``"activation"`` (the signal starts at the activation's value, as in the paper) or ``"one"``
+            ``"features.9"``.
+        method: ``"deconvnet"`` (the paper), ``"guided"`` or ``"gradient"`` (``zf.projection.rules``).
+        seed_mode: ``"activation"`` (the signal starts at the activation's value, as in the paper) or ``"one"``
             (1.0: the result is then the gradient-like map of the unit, as captum's Neuron* methods give).
         tap: ``"relu"``, ``"conv"`` or ``"output"`` (see ``zf.net.layers``).
         norm: LRN in the reverse path: ``"identity"`` (skipped) or ``"gradient"`` (its vector-Jacobian product).
@@ -109,7 +162,6 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
             autograd on whole images (the reference; always used for classifier layers).
         batch_size: rows per reverse batch (default: sized to keep the window tensors near 256 MB with ``crop``,
             8 rows without).
-        images_per_chunk: distinct images per forward pass (``crop`` only).
 
     Any model that is not a ``features`` stack (``zf.net.layers.is_stack``: ResNet, DenseNet, GoogLeNet, ...) goes
     through ``zf.projection.graph.project_graph``: ``layer`` is a module path, ``tap`` and ``norm`` are ignored,
@@ -119,17 +171,17 @@ def project(model: nn.Module, images: torch.Tensor, rows: torch.Tensor, layer: i
     Returns:
         (R, 3, H, W) projections, zero outside each unit's receptive field (``zf.net.receptive.unit_box``).
     """
-    rows = _check_args(images, rows, method, seed, norm)
+    rows = _check_args(images, rows, method, seed_mode, norm)
     gcrop = graph_crop(crop)
     if not fast_path(model):
-        return project_graph(model, images, rows, graph_layer(model, layer, tap).path, method, seed,
+        return project_graph(model, images, rows, graph_layer(model, layer, tap).path, method, seed_mode,
                              chunk=batch_size, crop=gcrop)
     t = stack.target(model, layer, tap)
     if gcrop is None and t.head is None:
-        win, corners = stack.windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk)
+        win, corners = stack.windows(model, t, images, rows, method, seed_mode, norm, batch_size)
         return paste(win, corners, tuple(images.shape[2:]))
-    return stack.project_full(model, t, images, rows, method, seed, norm, batch_size or 8)
+    return stack.project_full(model, t, images, rows, method, seed_mode, norm, batch_size or 8)
 
 
 __all__ = ["project", "project_windows", "activations", "check_invertible", "fast_path", "graph_layer", "graph_crop",
-           "NotInvertibleError", "METHODS", "NORMS"]
+           "Target", "resolve_target", "target_windows", "NotInvertibleError", "METHODS", "NORMS"]

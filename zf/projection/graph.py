@@ -12,7 +12,8 @@ alternative (each row on its own copy of the image, one forward of ``chunk`` cop
 for captum's per-unit loop.  When a unit's receptive field
 is much smaller than the image, each row instead runs forward and back on a crop of its receptive field aligned to
 the layer's stride, where the padding of every intermediate map is the one of the whole image, so the result is the
-same (``crop``; ``zf.net.receptive`` measures the field).  Rows whose crops coincide (one image, one corner: units at
+same (``crop``: used where ``crop_check`` finds it exact, ``crop=auto``; ``zf.net.receptive`` measures the
+field).  Rows whose crops coincide (one image, one corner: units at
 one position, or positions clamped to the same crop at a border) share the crop's forward pass.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from zf.errors import ConfigError
 from zf.net.layers import resolve_layer
 from zf.net.modules import call_counts, capture, eval_mode, module_paths
 from zf.net.receptive import graph_receptive_fields
-from zf.projection.rules import rules
+from zf.projection.rules import CROPS, rules
 from zf.projection.windows import check_inputs, gather
 
 
@@ -37,13 +38,13 @@ def _check_units(r: torch.Tensor, shape, path: str) -> None:
             raise IndexError(f"rows: {name} out of range for {path} with maps {tuple(shape[1:])}")
 
 
-def _seeds(acts, b, ch, y, x, seed):
+def _seeds(acts, b, ch, y, x, seed_mode):
     g = torch.zeros_like(acts)
-    g[b, ch, y, x] = acts[b, ch, y, x].detach() if seed == "activation" else 1.0
+    g[b, ch, y, x] = acts[b, ch, y, x].detach() if seed_mode == "activation" else 1.0
     return g
 
 
-def _full(model, images, rows, path, method, seed, chunk, out):
+def _full(model, images, rows, path, method, seed_mode, chunk, out):
     """Whole images: one forward per image, reverse passes ``is_grads_batched`` over chunks of its rows (faster
     than one forward of as many copies of the image, see ``zf.projection.graph``'s docstring)."""
     for i in torch.unique(rows[:, 0]).tolist():
@@ -57,7 +58,7 @@ def _full(model, images, rows, path, method, seed, chunk, out):
             ar = torch.arange(len(r), device=r.device)
             _check_units(r, acts.shape, path)
             g = torch.zeros(len(r), *acts.shape, dtype=acts.dtype, device=acts.device)
-            v = acts[0, r[:, 1], r[:, 2], r[:, 3]].detach() if seed == "activation" else 1.0
+            v = acts[0, r[:, 1], r[:, 2], r[:, 3]].detach() if seed_mode == "activation" else 1.0
             g[ar, 0, r[:, 1], r[:, 2], r[:, 3]] = v
             gx = torch.autograd.grad(acts, x, g, retain_graph=True, is_grads_batched=True)[0]
             out[idx] = gx[:, 0]
@@ -95,7 +96,7 @@ def _crops(rf, rows, H, W):
 _MIN_BATCH = 8
 
 
-def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
+def _cropped(model, images, rows, path, method, seed_mode, chunk, out, rf):
     """Rows on receptive-field crops.  Rows that share a crop (same image and corner) share its forward pass: crops
     are grouped by shape and by their number of rows ``m``, run forward at most ``chunk`` at a time, and go back
     once per round, each round taking one row of every crop (``m`` rounds).  A group of fewer than ``_MIN_BATCH``
@@ -131,7 +132,7 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
                 y = r[:, 2] - torch.div(ay[idx], sy, rounding_mode="floor")
                 xx = r[:, 3] - torch.div(ax[idx], sx, rounding_mode="floor")
                 _check_units(torch.stack([slot, r[:, 1], y, xx], 1), acts.shape, path)
-                gx = torch.autograd.grad(acts, x, _seeds(acts, slot, r[:, 1], y, xx, seed),
+                gx = torch.autograd.grad(acts, x, _seeds(acts, slot, r[:, 1], y, xx, seed_mode),
                                          retain_graph=t < rounds - 1)[0]
                 for i, s_, p, q in zip(idx.tolist(), slot.tolist(), a0[slot].tolist(), c0[slot].tolist()):
                     out[i, :, p:p + h, q:q + w] = gx[s_]  # out is zero elsewhere
@@ -140,7 +141,6 @@ def _cropped(model, images, rows, path, method, seed, chunk, out, rf):
 # ---------------------------------------------------------------------------------------------------------------
 # when the crop path is exact
 
-CROPS = ("auto", "off")
 _CROP_OK: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 # module types whose output depends on the size of their input or on the whole map: on a crop they compute
 # something else (a "same" padding computed from the input size, a global pool, a gate from the whole map...)
@@ -205,7 +205,7 @@ def crop_check(model: nn.Module, images: torch.Tensor, path: str, rf, log=print)
     Crops are used where (1) the crop has under half the image's pixels, (2) no module before the layer depends on
     its input's size or on the whole map (``size_dependent_module``), and (3) two rows (a unit at the map's centre
     and one at its far corner, whose crop ends at the image's border) of the first image, projected by the gradient
-    and the deconvnet with seed one, come out equal on the crop and on the whole image (within 1e-5 of the largest
+    and the deconvnet with seed_mode one, come out equal on the crop and on the whole image (within 1e-5 of the largest
     value).  Otherwise every row runs on the whole image, which is exact for any network."""
     H, W = images.shape[2:]
     cache = _CROP_OK.setdefault(model, {})
@@ -246,16 +246,17 @@ def crop_check(model: nn.Module, images: torch.Tensor, path: str, rf, log=print)
 
 
 def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, method: str = "deconvnet",
-                  seed: str = "activation", chunk: int | None = None, crop: bool | None = None) -> torch.Tensor:
+                  seed_mode: str = "activation", chunk: int | None = None, crop: bool | None = None) -> torch.Tensor:
     """Project single activations of any network down to pixel space (see the module docstring).
 
     Args:
         model: any ``nn.Module`` taking (N, 3, H, W); run in eval mode (its flags are restored afterwards).
         images: (N, 3, H, W) normalised model inputs.
         rows: (R, 4) long, (image index, channel, y, x) of the unit in ``layer``'s output, as
-        ``zf.projection.api.project``. layer: a module path or name (``zf.net.layers.resolve_layer``); its output (last
-        call) is the target. method: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
-        seed: ``"activation"`` (the signal starts at the unit's value) or ``"one"`` (captum's Neuron* convention).
+            ``zf.projection.api.project``.
+        layer: a module path or name (``zf.net.layers.resolve_layer``); its output (last call) is the target.
+        method: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
+        seed_mode: ``"activation"`` (the signal starts at the unit's value) or ``"one"`` (captum's Neuron* convention).
         chunk: rows per reverse batch (memory: about ``chunk`` times one image's backward, or one crop's forward
             and backward); default 64 with crops, 16 on whole images.
         crop: ``"auto"`` (or ``None``): each row on a stride-aligned crop of its receptive field where
@@ -265,7 +266,7 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
     Returns:
         (R, 3, H, W) float32 projections.
     """
-    rows = check_inputs(images, rows, method, seed)
+    rows = check_inputs(images, rows, method, seed_mode)
     if chunk is not None and int(chunk) < 1:
         raise ConfigError(f"chunk={chunk}: use a positive number of rows per reverse batch")
     path = resolve_layer(model, layer).path
@@ -286,9 +287,9 @@ def project_graph(model: nn.Module, images: torch.Tensor, rows, layer: str, meth
             if crop is None:
                 crop = crop_check(model, images, path, rf)
         if crop:
-            _cropped(model, images, rows, path, method, seed, int(chunk or 64), out, rf)
+            _cropped(model, images, rows, path, method, seed_mode, int(chunk or 64), out, rf)
         else:
-            _full(model, images, rows, path, method, seed, int(chunk or 16), out)
+            _full(model, images, rows, path, method, seed_mode, int(chunk or 16), out)
     return out.float()
 
 
@@ -300,7 +301,7 @@ def graph_activations(model: nn.Module, images: torch.Tensor, layer: str) -> tor
         return capture(model, images, [path])[path]
 
 
-def graph_windows(model, images, rows, path, method, seed, batch_size, crop="auto"):
+def graph_windows(model, images, rows, path, method, seed_mode, batch_size, crop="auto"):
     """``zf.projection.api.project_windows`` for any graph: each row's projection cut to its receptive field's window
     (clipped to the image), and the windows' top-left corners."""
     hw = tuple(images.shape[2:])
@@ -315,10 +316,10 @@ def graph_windows(model, images, rows, path, method, seed, batch_size, crop="aut
     out = images.new_zeros(len(rows), images.shape[1], sh, sw)
     for b0 in range(0, len(rows), 256):  # full canvases for 256 rows at a time, cut to the windows
         sl = slice(b0, b0 + 256)
-        full = project_graph(model, images, rows[sl], path, method, seed, chunk=batch_size, crop=crop)
+        full = project_graph(model, images, rows[sl], path, method, seed_mode, chunk=batch_size, crop=crop)
         win, ok = gather(full, torch.arange(len(full), device=rows.device), corners[sl, 0], corners[sl, 1], sh, sw)
         out[sl] = torch.where(ok, win, 0)
     return out, corners
 
 
-__all__ = ["project_graph", "graph_activations", "graph_windows", "CROPS", "crop_check", "size_dependent_module"]
+__all__ = ["project_graph", "graph_activations", "graph_windows", "crop_check", "size_dependent_module"]

@@ -28,7 +28,7 @@ would then differ.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,9 @@ RULES = {"deconvnet": Rule(rectify=True, gate=False),
          "guided": Rule(rectify=True, gate=True),
          "gradient": Rule(rectify=False, gate=True)}
 METHODS = tuple(RULES)
-SEEDS = ("activation", "one")  # the signal starts at the unit's value (paper) or at 1 (captum's Neuron* methods)
+SEED_MODES = ("activation", "one")  # the signal starts at the unit's value (paper) or at 1 (captum's Neuron* methods)
 NORMS = ("identity", "gradient")  # LRN in the reverse path of a stack: skipped (paper) or its true gradient
+CROPS = ("auto", "off")  # the graph engine on receptive-field crops where checked exact, or on whole images
 
 
 def rule(method: str) -> Rule:
@@ -61,13 +62,35 @@ def rule(method: str) -> Rule:
     return RULES[method]
 
 
-def check_options(method: str, seed: str, norm: str | None = None) -> None:
+def check_options(method: str, seed_mode: str, norm: str | None = None) -> None:
     """``ConfigError`` for a method, seed mode or LRN rule that does not exist."""
     if norm is not None and norm not in NORMS:
         raise ConfigError(f"norm={norm!r}: use one of {NORMS}")
     rule(method)
-    if seed not in SEEDS:
-        raise ConfigError(f"seed_mode={seed!r}: use one of {SEEDS}")
+    if seed_mode not in SEED_MODES:
+        raise ConfigError(f"seed_mode={seed_mode!r}: use one of {SEED_MODES}")
+
+
+@dataclass(frozen=True)
+class ProjectionOptions:
+    """How projections run, checked once: ``method`` (a row of ``RULES``), ``seed_mode`` (where the signal starts:
+    ``"activation"``, the unit's value as in the paper, or ``"one"``, captum's Neuron* convention) and ``norm`` (LRN
+    in the stack engine's reverse path: ``"identity"``, skipped as the paper is silent, or ``"gradient"``) and
+    ``crop`` (the graph engine: ``"auto"``, receptive-field crops where ``zf.projection.graph.crop_check`` finds
+    them exact, or ``"off"``, whole images; the stack engine's windows are exact and ignore it)."""
+
+    method: str = "deconvnet"
+    seed_mode: str = "activation"
+    norm: str = "identity"
+    crop: str = "auto"
+
+    def __post_init__(self):
+        check_options(self.method, self.seed_mode, self.norm)
+        if self.crop not in CROPS:
+            raise ConfigError(f"crop={self.crop!r}: use one of {', '.join(CROPS)}")
+
+    def with_method(self, method: str) -> "ProjectionOptions":
+        return replace(self, method=method)
 
 
 def relu_rule(sig: torch.Tensor, mask: torch.Tensor | None, method: str) -> torch.Tensor:
@@ -154,4 +177,5 @@ def rules(method: str):
         yield
 
 
-__all__ = ["Rule", "RULES", "METHODS", "SEEDS", "NORMS", "rule", "check_options", "relu_rule", "rules"]
+__all__ = ["Rule", "RULES", "METHODS", "SEED_MODES", "NORMS", "CROPS", "ProjectionOptions", "rule", "check_options",
+           "relu_rule", "rules"]

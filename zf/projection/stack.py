@@ -14,7 +14,7 @@ Dropout is the identity, batch norm (running statistics) its per-channel scale. 
 
 A ``features`` stack with a module this reverse pass does not cover (a dilated or rectangular kernel, an average
 pool, ...) is projected through ``zf.projection.graph`` instead (autograd with the same rules; slower), with a
-warning that names the module (``fast_path``).
+warning that names the module (``zf.projection.reversible.fast_path``).
 
 Speed (``windows``): a unit's projection only needs the pixels of its receptive field.  The forward pass runs once
 on the distinct images and records the switches (and ReLU masks, LRN inputs when needed).  The reverse pass then runs
@@ -25,92 +25,16 @@ autograd on whole images with the ReLU rule swapped in; it is the reference, and
 """
 from __future__ import annotations
 
-import warnings
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zf.errors import ConfigError
-from zf.net.layers import Layer, is_stack, resolve_layer
-from zf.net.receptive import geometry
+from zf.net.layers import Layer, resolve_layer
+from zf.projection.reversible import NotInvertibleError, check_module, pair
 from zf.projection.rules import relu_rule
 from zf.projection.windows import gather, inside
-
-_POINTWISE_OK = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
-_SUPPORTED = ("Conv2d (dilation 1, zero padding), ReLU, MaxPool2d (dilation 1), LocalResponseNorm, "
-              "BatchNorm2d (running statistics), Dropout, Dropout2d, Identity")
-
-
-class NotInvertibleError(ConfigError):
-    """A module on the way down from the target cannot be reversed by the deconvnet."""
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-def _obstacle(m: nn.Module) -> str | None:
-    """Why this module's reverse pass cannot reverse ``m`` (``"dilation (2, 2)"``), or ``None``."""
-    why = None
-    if isinstance(m, nn.Conv2d):
-        if _pair(m.dilation) != (1, 1):
-            why = f"dilation {m.dilation}"
-        elif isinstance(m.padding, str) or m.padding_mode != "zeros":
-            why = f"padding {m.padding!r} / padding_mode {m.padding_mode!r}"
-    elif isinstance(m, nn.MaxPool2d):
-        if _pair(m.dilation) != (1, 1):
-            why = f"dilation {m.dilation}"
-    elif isinstance(m, nn.BatchNorm2d):
-        if m.running_var is None:
-            why = "no running statistics"
-    elif not isinstance(m, _POINTWISE_OK):
-        why = "unsupported module"
-    return why
-
-
-def _check_module(path: str, m: nn.Module) -> None:
-    why = _obstacle(m)
-    if why:
-        raise NotInvertibleError(f"cannot invert {path} ({type(m).__name__}): {why}. The deconvnet reverses only "
-                                 f"{_SUPPORTED} (and Linear/ReLU/Dropout in the classifier).")
-
-
-def stack_obstacle(model: nn.Module) -> str | None:
-    """The first module of ``model.features`` that this module's reverse pass or ``zf.net.receptive``'s recurrence
-    cannot handle, as ``"features.3 (Conv2d): dilation (2, 2)"``; ``None`` when there is none."""
-    for k, m in model.features.named_children():
-        why = _obstacle(m)
-        if why is None:
-            try:
-                geometry(m)
-            except ValueError as e:
-                why = str(e)
-        if why is not None:
-            return f"features.{k} ({type(m).__name__}): {why}"
-    return None
-
-
-_WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models fast_path has warned about
-
-
-def fast_path(model: nn.Module) -> bool:
-    """Whether this module's own reverse pass projects ``model``: a ``features`` stack (``zf.net.layers.is_stack``)
-    of modules it can reverse.  Any other model, including a stack with one module it cannot reverse (warned about
-    once, naming the module), goes through ``zf.projection.graph`` (autograd with the same rules; LRN is then
-    reversed by its gradient, whatever ``norm`` says)."""
-    if not is_stack(model):
-        return False
-    why = stack_obstacle(model)
-    if why is not None and model not in _WARNED:
-        _WARNED.add(model)
-        lrn = any(isinstance(m, nn.LocalResponseNorm) for m in model.features)
-        warnings.warn(f"{type(model).__name__}.features: {why}: zf.projection.stack cannot reverse it, so this "
-                      "model is projected through zf.projection.graph (autograd with the same rules, slower)"
-                      + ("; LRN is reversed by its gradient there (norm is ignored)" if lrn else ""), stacklevel=3)
-    return why is None
 
 
 @dataclass(frozen=True)
@@ -138,7 +62,7 @@ def target(model: nn.Module, layer: int | str, tap: str) -> Target:
                 raise NotInvertibleError(f"cannot invert classifier.{k} ({type(m).__name__}): the classifier path "
                                          "reverses Linear, ReLU, Dropout, Identity")
     for k, m in feats[:stop + 1]:
-        _check_module(f"features.{k}", m)
+        check_module(f"features.{k}", m)
     return Target(lay, stop, head)
 
 
@@ -240,12 +164,12 @@ def _reverse_windows(features: nn.Sequential, recs: list[_Record], stop: int, si
         _, _, hh, ww = rec.shape  # this module's input map
         r, c, h, w = sig.shape
         if isinstance(m, nn.Conv2d):
-            (sy, sx), (py, px) = _pair(m.stride), _pair(m.padding)
+            (sy, sx), (py, px) = pair(m.stride), pair(m.padding)
             sig = F.conv_transpose2d(sig, m.weight, stride=(sy, sx), groups=m.groups)
             oy, ox = oy * sy - py, ox * sx - px
             sig = sig * inside(oy, ox, sig.shape[2], sig.shape[3], hh, ww)  # padding is not part of the map
         elif isinstance(m, nn.MaxPool2d):
-            (ky, kx), (sy, sx), (py, px) = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+            (ky, kx), (sy, sx), (py, px) = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding)
             idx, ok = gather(rec.switches, img, oy, ox, h, w)
             oy, ox = oy * sy - py, ox * sx - px
             h2, w2 = (h - 1) * sy + ky, (w - 1) * sx + kx
@@ -333,7 +257,7 @@ def _forward_rule(model: nn.Module, t: Target, x: torch.Tensor, method: str, nor
     return x
 
 
-def _project_rows(model, t, images, rows, method, seed, norm):
+def _project_rows(model, t, images, rows, method, seed_mode, norm):
     x = images[rows[:, 0]].detach().requires_grad_(True)
     with torch.enable_grad():
         acts = _forward_rule(model, t, x, method, norm)
@@ -341,7 +265,7 @@ def _project_rows(model, t, images, rows, method, seed, norm):
         ar = torch.arange(len(rows), device=rows.device)
         value = acts[ar, rows[:, 1], rows[:, 2], rows[:, 3]].detach()
         g = torch.zeros_like(acts)
-        g[ar, rows[:, 1], rows[:, 2], rows[:, 3]] = value if seed == "activation" else 1.0
+        g[ar, rows[:, 1], rows[:, 2], rows[:, 3]] = value if seed_mode == "activation" else 1.0
         return torch.autograd.grad(acts, x, g)[0]
 
 
@@ -360,7 +284,7 @@ def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float 
     for i in range(stop, -1, -1):
         m = features[i]
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            (ky, kx), (sy, sx) = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+            (ky, kx), (sy, sx) = pair(m.kernel_size), pair(m.stride or m.kernel_size)
             h, w = (h - 1) * sy + ky, (w - 1) * sx + kx
             channels = getattr(m, "in_channels", channels)
         worst = max(worst, channels * h * w)
@@ -368,7 +292,10 @@ def _row_chunk(features: nn.Sequential, stop: int, channels: int, budget: float 
     return int(max(1, min(4096, budget // per_row)))
 
 
-def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_chunk):
+IMAGES_PER_CHUNK = 32  # distinct images per forward pass of ``windows``
+
+
+def windows(model, t, images, rows, method, seed_mode, norm, batch_size):
     """Projections of ``rows`` (checked) inside their receptive-field windows and the windows' corners (see
     ``zf.projection.api.project_windows``).  ``method`` may also be a list of methods: then the projections are
     ``{method: windows}``, all from one forward pass (its switches and masks serve every method)."""
@@ -378,8 +305,8 @@ def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_c
     out, corners = dict.fromkeys(methods), torch.zeros(len(rows), 2, dtype=torch.long, device=dev)
     order = torch.argsort(rows[:, 0], stable=True)
     uniq = torch.unique(rows[:, 0])
-    for u0 in range(0, len(uniq), images_per_chunk):
-        ids = uniq[u0:u0 + images_per_chunk]
+    for u0 in range(0, len(uniq), IMAGES_PER_CHUNK):
+        ids = uniq[u0:u0 + IMAGES_PER_CHUNK]
         with torch.no_grad():
             acts, recs = _forward_features(model.features, images[ids], t.stop,
                                            masks=any(m != "deconvnet" for m in methods),
@@ -396,7 +323,7 @@ def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_c
             img, ch, y, x = local[r[:, 0]], r[:, 1], r[:, 2], r[:, 3]
             sig = torch.zeros(len(r), acts.shape[1], 1, 1, dtype=acts.dtype, device=dev)
             ar = torch.arange(len(r), device=dev)
-            sig[ar, ch, 0, 0] = acts[img, ch, y, x] if seed == "activation" else 1.0
+            sig[ar, ch, 0, 0] = acts[img, ch, y, x] if seed_mode == "activation" else 1.0
             for m in methods:
                 with torch.no_grad():
                     win, oy, ox = _reverse_windows(model.features, recs, t.stop, sig, img, y, x, m, norm)
@@ -410,14 +337,14 @@ def windows(model, t, images, rows, method, seed, norm, batch_size, images_per_c
     return (out if many else out[method]), corners
 
 
-def project_full(model, t: Target, images, rows, method, seed, norm, batch_size):
+def project_full(model, t: Target, images, rows, method, seed_mode, norm, batch_size):
     """Projections of ``rows`` (checked) on whole images by autograd with the ReLU and LRN rules swapped in,
     ``batch_size`` rows at a time: (R, 3, H, W)."""
     out = images.new_zeros(len(rows), *images.shape[1:])
     for b0 in range(0, len(rows), batch_size):
-        out[b0:b0 + batch_size] = _project_rows(model, t, images, rows[b0:b0 + batch_size], method, seed, norm)
+        out[b0:b0 + batch_size] = _project_rows(model, t, images, rows[b0:b0 + batch_size], method, seed_mode, norm)
     return out
 
 
-__all__ = ["NotInvertibleError", "Target", "target", "fast_path", "stack_obstacle", "activations", "windows",
+__all__ = ["Target", "target", "activations", "windows",
            "project_full"]

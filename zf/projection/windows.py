@@ -8,10 +8,10 @@ from zf.errors import ConfigError
 from zf.projection.rules import check_options
 
 
-def check_inputs(images, rows, method, seed):
-    """``rows`` as a long (R, 4) tensor on ``images``'s device, after checking the method, seed, image batch and
+def check_inputs(images, rows, method, seed_mode):
+    """``rows`` as a long (R, 4) tensor on ``images``'s device, after checking the method, seed_mode, image batch and
     image indices (``zf.errors.ConfigError`` / ``IndexError``)."""
-    check_options(method, seed)
+    check_options(method, seed_mode)
     if images.dim() != 4:
         raise ConfigError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     rows = torch.as_tensor(rows, device=images.device).long().reshape(-1, 4)

@@ -53,9 +53,6 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) ->
 
 def training_curves(history: list[dict]):
     """Loss and accuracy per epoch from a training history -> (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]

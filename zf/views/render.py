@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from zf.data import ImageSource
+from zf.errors import ConfigError
 from zf.faults import pause_point
 from zf.mining.table import TopK
+from zf.projection.api import Target
 from zf.projection.dependence import image_dependence
+from zf.projection.rules import METHODS, ProjectionOptions
 from zf.tracking import Tracker
 from zf.views import results as R
 from zf.views.gallery import build_gallery
 from zf.views.plotting import image_grid
 from zf.views.results import save_figure, write_csv
-from zf.views.visualize import display, overview_figure, unit_image, unit_views
+from zf.views.visualize import DISPLAYS, display, overview_figure, unit_image, unit_projections, unit_views
 
 TOPK_COLUMNS = ["layer", "unit", "rank", "image", "path", "y", "x", "activation", "y0", "y1", "x0", "x1"]
 
@@ -49,36 +54,57 @@ def save_sources(out: Path, dataset, image_ids) -> None:
             Image.fromarray(dataset[int(g)][0].permute(1, 2, 0).numpy()).save(src, quality=90)
 
 
-def render_layer(out: Path, model, dataset, normalize, table: TopK, layer: str, overview: list[int],
-                 methods: Sequence[str], tap: str = "relu", seed_mode: str = "activation", norm: str = "identity",
-                 display_mode: str = "symmetric", device="cpu", dpi: int = 110, tracker: Tracker | None = None,
-                 progress: bool = True, unit_figures: bool = True,
-                 paths: Sequence[str] | None = None, crop: str = "auto",
-                 dependence: dict | None = None) -> dict[str, Path]:
-    """Write one layer's part of a run directory for the units of ``table``; returns {method: overview figure}.
-    ``paths``: the data set's image paths as strings, if the caller has them already.
-    ``unit_figures=False`` leaves out the per-unit images (``units/``), which repeat the patch and projection PNGs
-    in one picture: about a quarter of a big layer's disk use (README, "Bring your own network").
-    ``crop``: ``"auto"`` or ``"off"`` (``zf.projection.graph.crop_check``).  ``dependence``: if given, filled with
-    {method: median pairwise correlation of a unit's projections} (``zf.projection.dependence.image_dependence``)."""
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a layer is computed and drawn, checked once: the projection ``methods`` (the first is the main one; its
+    pass also writes the patches), the ``projection`` options they share (seed mode, LRN rule, crop), the ``display``
+    stretch, the figures' ``dpi``, whether the per-unit images are written (``unit_figures``: they repeat the patch
+    and projection PNGs in one picture, about a quarter of a big layer's disk use), a ``progress`` bar, and whether
+    the patch PNGs are written (``write_patches``; a re-render has them already)."""
+
+    methods: tuple[str, ...] = ("deconvnet",)
+    projection: ProjectionOptions = field(default_factory=ProjectionOptions)
+    display: str = "symmetric"
+    dpi: int = 110
+    unit_figures: bool = True
+    progress: bool = True
+    write_patches: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "methods", tuple(self.methods))
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"method={bad[0] if bad else None!r}: use one of {', '.join(METHODS)}")
+        if self.display not in DISPLAYS:
+            raise ConfigError(f"display={self.display!r}: use one of {', '.join(DISPLAYS)}")
+
+
+def render_layer(out: Path, model, source: ImageSource, table: TopK, target: Target, overview: list[int],
+                 options: RenderOptions, tracker: Tracker | None = None) -> tuple[dict[str, Path], dict[str, float]]:
+    """Write one layer's part of a run directory for the units of ``table``; returns ({method: overview figure},
+    {method: image dependence}), the latter the median pairwise correlation of a unit's projections
+    (``zf.projection.dependence.image_dependence``).  The patches are cut once, from the images the first
+    method's pass reads; each method's projections are computed, stored (``save_projections``) and drawn from what
+    was stored."""
     tracker = tracker or Tracker(enabled=False)
-    ldir = R.layer_dir(out, layer)
+    ldir = R.layer_dir(out, target.name)
     ldir.mkdir(parents=True, exist_ok=True)
     table.save(ldir / "topk.npz")
-    paths = paths if paths is not None else [str(dataset.path(i)) for i in range(len(dataset))]
-    write_csv(ldir / "topk.csv", topk_rows(layer, table, paths), TOPK_COLUMNS)
-    save_sources(out, dataset, table.image)
+    write_csv(ldir / "topk.csv", topk_rows(target.name, table, source.paths), TOPK_COLUMNS)
+    save_sources(out, source.dataset, table.image)
     units = table.units.tolist()
-    figs = {}
-    for method in methods:
-        patches, proj = unit_views(model, dataset, table, layer, units, method=method, tap=tap, seed=seed_mode,
-                                   norm=norm, normalize=normalize, device=device, progress=progress, crop=crop)
-        if dependence is not None:
-            dependence[method] = image_dependence(proj, table.image[:, :proj.shape[1]] >= 0)
+    figs, dependence, patches = {}, {}, None
+    for method in options.methods:
+        projection = options.projection.with_method(method)
+        if patches is None:  # the first method's pass cuts the patches from the images it reads
+            patches, proj = unit_views(model, source, table, target, units, projection, progress=options.progress)
+        else:
+            proj = unit_projections(model, source, table, target, units, projection, options.progress)
+        dependence[method] = image_dependence(proj, table.image[:, :proj.shape[1]] >= 0)
         proj = save_projections(ldir, method, proj)  # what the run keeps: a re-render gives the same pictures
-        figs[method] = write_layer_images(out, layer, table, overview, method, patches, proj, display_mode, dpi,
-                                          tracker, with_patches=method == methods[0], unit_figures=unit_figures)
-    return figs
+        figs[method] = write_layer_images(out, target.name, table, overview, method, (patches, proj), options,
+                                          tracker)
+    return figs, dependence
 
 
 def save_projections(ldir: Path, method: str, proj: np.ndarray) -> np.ndarray:
@@ -106,11 +132,15 @@ def load_projections(ldir: Path, method: str) -> np.ndarray:
     return proj * np.load(scale_file)[..., None, None, None] if scale_file.is_file() else proj
 
 
-def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], method: str, patches, proj,
-                       display_mode: str = "symmetric", dpi: int = 110, tracker: Tracker | None = None,
-                       with_patches: bool = True, unit_figures: bool = True) -> Path:
-    """The PNGs of one layer and method (projections, optionally patches and per-unit images) and its overview
-    figure, from arrays: patches uint8 (U, k, h, w, 3), proj (U, k, 3, h, w), units in ``table.units`` order."""
+def write_layer_images(out: Path, layer: str, table: TopK, overview: list[int], method: str, views: tuple,
+                       options: RenderOptions, tracker: Tracker | None = None) -> Path:
+    """The PNGs of one layer and method (projections; patches when ``method`` is the first of ``options.methods``
+    and ``options.write_patches``; per-unit images with ``options.unit_figures``) and its overview figure, from
+    arrays: ``views`` = (patches uint8 (U, k, h, w, 3), projections (U, k, 3, h, w)), units in ``table.units``
+    order."""
+    patches, proj = views
+    with_patches = options.write_patches and method == options.methods[0]
+    display_mode, dpi, unit_figures = options.display, options.dpi, options.unit_figures
     proj = np.asarray(proj, np.float32)  # no copy when it is float32 already (a big layer's array is GBs)
     shown = display(proj, display_mode)
     units = table.units.tolist()
@@ -175,9 +205,10 @@ def render_run(run: str | os.PathLike, display_mode: str = "symmetric", dpi: int
         projs = {m: load_projections(R.layer_dir(run, layer), m) for m in summary["methods"]}
         patches = read_patches(run, layer, table, next(iter(projs.values())).shape[-2:])
         overview = info.get("overview_units") or table.units.tolist()[:16]
+        options = RenderOptions(tuple(projs), display=display_mode, dpi=dpi, progress=False,
+                                unit_figures=summary.get("unit_figures", True), write_patches=False)
         for method, proj in projs.items():
-            figs.append(write_layer_images(run, layer, table, overview, method, patches, proj, display_mode, dpi,
-                                           with_patches=False, unit_figures=summary.get("unit_figures", True)))
+            figs.append(write_layer_images(run, layer, table, overview, method, (patches, proj), options))
     if gallery:
         build_gallery(run)
     return figs
@@ -209,11 +240,7 @@ def methods_figure(run: str | os.PathLike, layers: Sequence[str] | None = None,
     """Fig. 2's layout for several layers and methods side by side, from a finished run (no model, no data): for
     ``units_per_layer`` units of each layer (the overview's units, seeded choice), each method's 3x3 projections
     and the 3x3 patches, tiles resampled to ``tile`` px with an antialiasing filter.  Returns (fig, axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
 
     run = Path(run)
     summary = R.read_summary(run)

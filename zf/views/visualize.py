@@ -1,10 +1,10 @@
 """Patches and projections of mined units (paper Fig. 2), as arrays and figures.
 
-    patches, projections = unit_views(model, dataset, table, "relu4", units=range(16))
+    patches, projections = unit_views(model, ImageSource(dataset, Normalize()), table, "relu4", units=range(16))
     fig, ax = overview_figure(patches, projections, units=range(16), title="layer 4")
 
 Patches are cropped by the exact receptive field; where the field runs past the image border the missing part is
-filled with grey (``fill``), not shifted.  Projections are cropped to the same box; ``display`` stretches each one
+filled with grey (``PATCH_FILL``), not shifted.  Projections are cropped to the same box; ``display`` stretches each one
 for viewing.  A field larger than the image is shown cut to the image along that axis (``view_boxes``).
 """
 from __future__ import annotations
@@ -18,11 +18,15 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from zf.data import Normalize
+from zf.data import ImageSource
 from zf.errors import ConfigError
 from zf.mining.table import TopK
-from zf.projection.api import project_windows
+from zf.projection.api import Target, resolve_target, target_windows
+from zf.projection.rules import ProjectionOptions
 from zf.views.plotting import image_grid
+
+#: how a projection is stretched for display (``display``)
+DISPLAYS = ("symmetric", "minmax")
 
 
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, fill: float = 128,
@@ -137,54 +141,104 @@ def load_items(dataset, ids: Sequence[int]) -> torch.Tensor:
     return torch.stack([it[0] for it in items])
 
 
-def unit_views(model: nn.Module, dataset, table: TopK, layer: str, units: Sequence[int],
-               method: str = "deconvnet", tap: str = "relu", seed: str = "activation", norm: str = "identity",
-               normalize: Normalize | None = None, fill: int = 128, device: str | torch.device = "cpu",
-               units_per_chunk: int = 128, progress: bool = False,
-               crop: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """The k patches and k projections of each unit in ``units``.
-
-    Args:
-        dataset: the mined data set (``table.image`` indexes it); items (uint8 (3, H, W), label, index).
-        table: the layer's ``TopK``.
-        layer: the layer's name (as in the table).
-        crop: any graph's receptive-field crops, ``"auto"`` or ``"off"`` (``zf.projection.graph.crop_check``).
-    Returns:
-        patches uint8 (U, k, h, w, 3) and projections float32 (U, k, 3, h, w), (h, w) the receptive-field size
-        cut to the image size (``view_shape``); slots of empty ranks (fewer than k images) are zero.
-    """
-    normalize = (normalize or Normalize()).to(device)
-    units = [int(u) for u in units]
-    k = table.k
-    sh, sw = view_shape(table, image_hw(dataset))
-    patches = np.zeros((len(units), k, sh, sw, 3), np.uint8)
-    projections = np.zeros((len(units), k, 3, sh, sw), np.float32)
+def _unit_chunks(table: TopK, units: Sequence[int], per_chunk: int):
+    """The filled slots of ``units`` in chunks of ``per_chunk`` units: (first unit's position, slot units ``uu``,
+    slot ranks ``rr``, the distinct image ids, rows (R, 4: local image index, channel, y, x), boxes (R, 4))."""
     pos = {u: i for i, u in enumerate(table.units.tolist())}
-    for c0 in tqdm(range(0, len(units), units_per_chunk), desc=f"projecting {layer} ({method})",
-                   disable=not progress, mininterval=5):
-        chunk = units[c0:c0 + units_per_chunk]
+    for c0 in range(0, len(units), per_chunk):
+        chunk = units[c0:c0 + per_chunk]
         ti = np.array([pos[u] for u in chunk])
         img = table.image[ti]                                   # (u, k)
         valid = img >= 0
         ids = np.unique(img[valid])
         if len(ids) == 0:
             continue
-        raw = load_items(dataset, ids)                               # uint8 (n, 3, H, W)
         local = {int(g): i for i, g in enumerate(ids)}
         uu, rr = np.nonzero(valid)
         rows = torch.tensor(np.stack([[local[int(g)] for g in img[uu, rr]], np.array(chunk)[uu],
                                       table.y[ti][uu, rr], table.x[ti][uu, rr]], 1), dtype=torch.long)
-        with torch.no_grad():
-            x = normalize(raw.to(device))
-        win, corners = project_windows(model, x, rows.to(device), layer, method=method, seed=seed, tap=tap,
-                                       norm=norm, crop=crop)
-        boxes = torch.as_tensor(table.box[ti][uu, rr])
+        yield c0, uu, rr, ids, rows, torch.as_tensor(table.box[ti][uu, rr])
+
+
+PATCH_FILL = 128  # the grey of a patch's pixels outside the image or the receptive field
+
+
+def _views(source: ImageSource, table: TopK, units: Sequence[int], project=None, with_patches: bool = True,
+           bar=None, units_per_chunk: int = 128) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Patches (``with_patches``) and projections (``project(raw images, rows) -> (windows, corners)``, if given) of
+    ``units``, reading each chunk's images once for both; ``bar`` a progress bar, one step a chunk."""
+    units = [int(u) for u in units]
+    sh, sw = view_shape(table, image_hw(source.dataset))
+    patches = np.zeros((len(units), table.k, sh, sw, 3), np.uint8) if with_patches else None
+    projections = np.zeros((len(units), table.k, 3, sh, sw), np.float32) if project is not None else None
+    for c0, uu, rr, ids, rows, boxes in _unit_chunks(table, units, units_per_chunk):
+        raw = load_items(source.dataset, ids)                        # uint8 (n, 3, H, W)
         views = view_boxes(boxes, *raw.shape[2:])
-        crops = crop_boxes(raw[rows[:, 0]], views, fill, inside=boxes)  # (R, 3, sh, sw) uint8
-        patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
-        projections[c0 + uu, rr] = in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
-                                             (sh, sw))
+        if project is not None:
+            win, corners = project(raw, rows)
+            projections[c0 + uu, rr] = in_boxes(win.cpu().float().numpy(), corners.cpu().numpy(), views.numpy(),
+                                                 (sh, sw))
+        if with_patches:
+            crops = crop_boxes(raw[rows[:, 0]], views, PATCH_FILL, inside=boxes)  # (R, 3, sh, sw) uint8
+            patches[c0 + uu, rr] = crops.permute(0, 2, 3, 1).numpy()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return patches, projections
+
+
+def _projector(model: nn.Module, source: ImageSource, target: Target, options: ProjectionOptions):
+    """``project(raw images, rows)`` for ``_views``: normalised on the source's device, ``target_windows``."""
+    normalize = source.normalize.to(source.device)
+
+    def project(raw: torch.Tensor, rows: torch.Tensor):
+        with torch.no_grad():
+            x = normalize(raw.to(source.device))
+        return target_windows(model, x, rows.to(source.device), target, options)
+    return project
+
+
+def _bar(target: Target, options: ProjectionOptions, units: Sequence[int], progress: bool, per_chunk: int = 128):
+    return tqdm(total=-(-len(units) // per_chunk), desc=f"projecting {target.name} ({options.method})",
+                disable=not progress, mininterval=5)
+
+
+def unit_patches(source: ImageSource, table: TopK, units: Sequence[int]) -> np.ndarray:
+    """The k receptive-field patches of each unit in ``units``: uint8 (U, k, h, w, 3), (h, w) the field cut to the
+    image size (``view_shape``); slots of empty ranks (fewer than k images) are zero, pixels outside the image or
+    the field ``PATCH_FILL``."""
+    return _views(source, table, units)[0]
+
+
+def unit_projections(model: nn.Module, source: ImageSource, table: TopK, target: Target, units: Sequence[int],
+                     options: ProjectionOptions, progress: bool = False) -> np.ndarray:
+    """The k projections of each unit in ``units`` by ``options`` (the method, seed mode, LRN rule and crop), cut to
+    the same views as ``unit_patches``: float32 (U, k, 3, h, w); slots of empty ranks are zero."""
+    return _views(source, table, units, _projector(model, source, target, options), False,
+                  _bar(target, options, units, progress))[1]
+
+
+def unit_views(model: nn.Module, source: ImageSource, table: TopK, layer: Target | int | str,
+               units: Sequence[int], options: ProjectionOptions | None = None, tap: str = "relu",
+               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The k patches and k projections of each unit in ``units`` (``unit_patches`` and ``unit_projections`` from
+    one read of the images).
+
+    Args:
+        source: the mined data set (``table.image`` indexes it), its normalisation and the model's device.
+        table: the layer's ``TopK``.
+        layer: the layer's ``Target`` (``zf.projection.api.resolve_target``), or its name as in the table (resolved
+            here at ``tap``).
+        options: the projection's method, seed mode, LRN rule and crop (default: the paper's deconvnet).
+    Returns:
+        patches uint8 (U, k, h, w, 3) and projections float32 (U, k, 3, h, w), (h, w) the receptive-field size
+        cut to the image size (``view_shape``); slots of empty ranks (fewer than k images) are zero.
+    """
+    target = layer if isinstance(layer, Target) else resolve_target(model, layer, tap, source.image_size)
+    options = options or ProjectionOptions()
+    return _views(source, table, units, _projector(model, source, target, options), True,
+                  _bar(target, options, units, progress))
 
 
 def image_hw(dataset) -> tuple[int, int]:
@@ -255,9 +309,6 @@ def overview_figure(patches: np.ndarray, projections: np.ndarray, units: Sequenc
     (their patches are arbitrary images, not what the unit responds to).  A figure that would pass ``max_pixels``
     at native size (16 units of a layer whose fields span a 224 px image: 15 Mpx, a 36 MB PNG) has its tiles
     resampled down with an antialiasing filter (Lanczos) to fit; the per-unit images keep every pixel."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     units = [int(u) for u in units]
