@@ -162,6 +162,13 @@ def test_image_dependence_is_one_without_switches():
     assert not max_pool_before(torchvision.models.resnet18(), "relu", 64)
     vgg = torchvision.models.vgg11()
     assert [max_pool_before(vgg, p, 64) for p in ("features.1", "features.3")] == [False, True]
+    # and how many convolutions run up to the layer: at the first, a projection is the unit's filter (no warning)
+    from zf.projection.dependence import dependence_warning, reverse_context
+    assert [reverse_context(vgg, p, 64) for p in ("features.1", "features.3", "features.4")] == \
+        [(False, 1), (True, 2), (True, 2)]
+    assert dependence_warning("features.1", "deconvnet", 1.0, 0.95, False, 1) is None
+    assert "no max pool" in dependence_warning("features.4", "deconvnet", 1.0, 0.95, False, 2)
+    assert dependence_warning("features.4", "guided", 0.5, 0.95, True, 2) is None
 
 
 def test_image_dependence_of_vgg16_deconvnet_is_well_below_one(shared_models, imagenette_val):

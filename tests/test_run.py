@@ -40,6 +40,7 @@ def five_layer_run(tmp_path_factory, imagenette):
     p = run(["layer=[1,2,3,4,5]", "data.limit=14", "k=3", "overview_units=4", f"hydra.run.dir={out}",
              f"paths.cache_dir={cache}", "logger=wandb", "logger.mode=offline", *TINY[:3], *TINY[4:]])
     assert "W&B failed" not in p.stderr, p.stderr[-2000:]
+    assert "relu1 (deconvnet)" not in p.stderr  # no image-dependence warning at the first convolution
     return out, cache, p.stdout
 
 
@@ -77,6 +78,8 @@ def test_every_layer_writes_tables_figures_units_and_gallery(five_layer_run):
                                      for l in summary["layers"]]))
     assert sorted(int(p.stem) for p in (out / "sources").glob("*.jpg")) == used.tolist()
     assert (out / "gallery" / "index.html").is_file()
+    # layer 1's projections are the units' filters for every image: said once in the log, not warned about
+    assert "relu1: the first convolution" in stdout
     # W&B offline run inside the run directory, with the table and the artifact
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

@@ -28,7 +28,7 @@ from zf.mining.cache import mine_cached
 from zf.mining.table import TopK
 from zf.net.layers import resolve_layer
 from zf.projection.api import Target, activations, check_invertible, resolve_target
-from zf.projection.dependence import DEFAULT_THRESHOLD, dependence_warning, max_pool_before
+from zf.projection.dependence import DEFAULT_THRESHOLD, dependence_warning, reverse_context
 from zf.tracking import Tracker
 from zf.views import render
 from zf.views.gallery import build_gallery
@@ -181,11 +181,12 @@ def _say_dependence(model, t: Target, dep: dict, threshold: float, size: int) ->
         return
     print(f"{t.name}: image dependence (median correlation of a unit's projections; 1 = the same picture for every "
           "image): " + ", ".join(f"{m} {v:.2f}" for m, v in dep.items()))
-    switches = None
+    context = reverse_context(model, t.name, size, t.tap) if any(v > threshold for v in dep.values()) else (False, None)
+    if context[1] == 1:
+        print(f"{t.name}: the first convolution: a unit's projection is its own filter whatever the image and the "
+              "method (as in the paper's Fig. 2, layer 1)")
     for m, v in dep.items():
-        if v > threshold and switches is None:
-            switches = max_pool_before(model, t.name, size, t.tap)
-        msg = dependence_warning(t.name, m, v, threshold, bool(switches))
+        msg = dependence_warning(t.name, m, v, threshold, *context)
         if msg:
             warnings.warn(msg, stacklevel=3)
 

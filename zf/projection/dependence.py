@@ -104,28 +104,36 @@ def _median(v: np.ndarray) -> float:
 
 
 class _Pools(TorchFunctionMode):
+    """Counts, during a forward, whether a max pool has run and how many convolutions and linear maps have."""
+
     def __init__(self):
         super().__init__()
         self.seen = False
+        self.weighted = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if "max_pool" in getattr(func, "__name__", ""):
+        name = getattr(func, "__name__", "")
+        if "max_pool" in name:
             self.seen = True
+        elif name.startswith("conv") or name == "linear":
+            self.weighted += 1
         return func(*args, **(kwargs or {}))
 
 
-def max_pool_before(model: nn.Module, layer, input_size: int | tuple[int, int] = 224, tap: str = "relu") -> bool:
-    """Whether a max pool (module or functional call) runs in the forward before ``layer`` (a name or module path)
-    is read: where the deconvnet has switches, and so where its projections can depend on the image.  A module that
-    runs several times is judged at its last call, as ``capture`` reads it."""
+def reverse_context(model: nn.Module, layer, input_size: int | tuple[int, int] = 224,
+                    tap: str = "relu") -> tuple[bool, int]:
+    """What a projection from ``layer`` (a name or module path) passes back through: (whether a max pool, module or
+    functional call, runs in the forward before the layer is read, i.e. whether the deconvnet has switches there;
+    how many convolutions and linear maps run up to it).  A module that runs several times is judged at its last
+    call, as ``capture`` reads it."""
     path = resolve_layer(model, layer, tap).path
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     p0 = next(model.parameters(), None)
     x = torch.zeros(1, 3, h, w, dtype=p0.dtype if p0 is not None else None,
                     device=p0.device if p0 is not None else None)
     mode = _Pools()
-    at_layer: list[bool] = []
-    hook = find_module(model, path).register_forward_hook(lambda *_: at_layer.append(mode.seen))
+    at_layer: list[tuple[bool, int]] = []
+    hook = find_module(model, path).register_forward_hook(lambda *_: at_layer.append((mode.seen, mode.weighted)))
     try:
         with eval_mode(model), torch.no_grad(), mode:
             model(x)
@@ -137,9 +145,19 @@ def max_pool_before(model: nn.Module, layer, input_size: int | tuple[int, int] =
     return at_layer[-1]
 
 
-def dependence_warning(layer: str, method: str, value: float, threshold: float, switches: bool) -> str | None:
-    """The run's warning when ``value`` (``image_dependence``) exceeds ``threshold``, saying why, or ``None``."""
-    if not value > threshold:
+def max_pool_before(model: nn.Module, layer, input_size: int | tuple[int, int] = 224, tap: str = "relu") -> bool:
+    """Whether a max pool runs in the forward before ``layer`` is read: where the deconvnet has switches, and so
+    where its projections can depend on the image (``reverse_context``)."""
+    return reverse_context(model, layer, input_size, tap)[0]
+
+
+def dependence_warning(layer: str, method: str, value: float, threshold: float, switches: bool,
+                       weighted: int | None = None) -> str | None:
+    """The run's warning when ``value`` (``image_dependence``) exceeds ``threshold``, saying why, or ``None``.
+    ``weighted``: the convolutions up to the layer (``reverse_context``); at the first one (1) every method's
+    projection of a unit is its own filter whatever the image (the paper's Fig. 2, layer 1), which is no warning:
+    ``None``."""
+    if not value > threshold or weighted == 1:
         return None
     head = (f"{layer} ({method}): a unit's projections correlate at {value:.2f} (median over pairs and units, above "
             f"image_dependence_warn={threshold}): they do not depend on the image")
@@ -153,4 +171,4 @@ def dependence_warning(layer: str, method: str, value: float, threshold: float, 
     return f"{head}: {why}"
 
 
-__all__ = ["image_dependence", "edge_alignment", "max_pool_before", "dependence_warning", "DEFAULT_THRESHOLD"]
+__all__ = ["image_dependence", "edge_alignment", "reverse_context", "max_pool_before", "dependence_warning", "DEFAULT_THRESHOLD"]
