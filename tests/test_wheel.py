@@ -1,7 +1,7 @@
 """The installed package (a wheel, not an editable install) carries the shipped checkpoint and the Hydra configs:
 build the wheel, install it into a folder outside the checkout, and from a cwd outside the checkout load the default
 model and check its output on a fixed input equals the checkout's; then run the ``zf`` command it installs (``zf
-run`` on Imagenette downloaded on first use from a local server, ``zf render``, ``zf gallery``, ``zf train``).
+run`` on Imagenette downloaded on first use from a local server, ``zf render``, ``zf gallery``, ``zf stats``, ``zf train``).
 About 12 s for the wheel, 50 s for the commands (``-m slow``) (pip builds and installs offline, no dependencies)."""
 import hashlib
 import json
@@ -105,6 +105,7 @@ def test_zf_command_from_the_wheel_outside_the_checkout(tmp_path, installed):
         assert (tmp_path / "zfhome" / "imagenette2-320" / "val").is_dir() and server.gets() == 2
         assert "relu2" in zf("render", str(run), "--no-gallery").stdout
         assert zf("gallery", str(run)).stdout.strip().endswith("index.html")
+        assert "| relu2 | deconvnet |" in zf("stats", str(run)).stdout
         zf("train", "train.epochs=1", "model.arch.width=0.0625", "data.size=64", "data.resize=64", "logger=none",
            "train.batch_size=4", "train.progress=false", "train.snapshot_epochs=[]", *data)
         (trained,) = (home / "outputs" / "train").iterdir()
@@ -112,6 +113,7 @@ def test_zf_command_from_the_wheel_outside_the_checkout(tmp_path, installed):
         assert server.gets() == 2  # the data came from the cache the first command filled
         p = zf("rnu", check=False)
         assert p.returncode == 2 and p.stderr.strip() == (
-            "error: zf rnu: no such command (did you mean run?); commands: run, train, render, gallery, explore")
+            "error: zf rnu: no such command (did you mean run?); commands: run, train, render, gallery, stats, "
+            "explore")
     finally:
         server.close()
