@@ -156,7 +156,8 @@ def test_conv_tap_reads_the_conv_output_before_an_inplace_relu(arch):
     x = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8, generator=g)
     data = TensorImages(x, torch.zeros(6, dtype=torch.long))
     tables = mine(model, data, layers=[1, 2], k=3, tap="conv", batch_size=4, progress=False)
-    for layer, name in ((1, "conv1"), (2, "conv2")):
+    names = ("conv1_1", "conv2_1") if arch == "vgg11" else ("conv1", "conv2")  # VGG: named by block
+    for layer, name in zip((1, 2), names):
         value, image, pos = hooked_topk(model, x, layer, 3, tap="conv")
         t = tables[name]
         np.testing.assert_allclose(t.activation, value, rtol=1e-5, atol=1e-5)

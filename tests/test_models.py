@@ -74,6 +74,22 @@ def test_layer_names():
         resolve_layer(model, "conv9")
 
 
+def test_one_architecture_has_one_set_of_names_whichever_family_built_it():
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        ours, tv, tm = vgg16(), torchvision.models.vgg16(), timm.create_model("vgg16", pretrained=False)
+        tv19 = torchvision.models.vgg19()
+    for m in (ours, tv, tm):  # layer=4 is the last conv of block 4 and its ReLU, however the VGG was built
+        assert (resolve_layer(m, 4).name, resolve_layer(m, 4).path) == ("relu4_3", "features.22")
+        assert resolve_layer(m, "conv2_2", tap="conv").path == "features.7"
+    assert resolve_layer(tv19, 5).name == "relu5_4"
+    tv.layer_naming = "sequential"  # a model can ask for the numbering of every conv
+    assert resolve_layer(tv, 4).name == "relu4" and resolve_layer(tv, 4).path == "features.8"
+    with torch.device("meta"):
+        alex = torchvision.models.alexnet()  # AlexNet keeps the paper's conv1..conv5
+    assert resolve_layer(alex, 5).name == "relu5"
+
+
 @pytest.mark.parametrize("factory", [alexnet, pytest.param(vgg16, marks=pytest.mark.slow)], ids=["alexnet", "vgg16"])
 def test_torchvision_weights_from_file(factory, tmp_path):
     torch.manual_seed(0)

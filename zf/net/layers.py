@@ -1,9 +1,10 @@
 """Layer names a user can type, for any network with a ``features`` sequence (zfnet, AlexNet, VGG16, ...).
 
 Names follow the papers: ``conv1 ... conv5`` with ``relu``, ``pool``, ``norm`` and ``drop`` of the same number after
-each conv (ZF, AlexNet), or ``conv1_1 ... conv5_3`` and ``pool1 ... pool5`` by block (VGG, when the model has
-``layer_naming = "block"``); linear layers of ``classifier`` are ``fc6, fc7, fc8``.  The integers 1..5 (or "1".."5")
-name the paper's convolutional layers.
+each conv (ZF, AlexNet), or ``conv1_1 ... conv5_3`` and ``pool1 ... pool5`` by block (VGG: any model whose class
+is named ``VGG``, as torchvision's and timm's are, or that sets ``layer_naming = "block"``; ``"sequential"`` turns it
+off), so that one architecture has one set of names whichever family built it; linear layers of ``classifier`` are
+``fc6, fc7, fc8``.  The integers 1..5 (or "1".."5") name the paper's convolutional layers.
 
 The *tap* of a layer is where its activations are read:
 
@@ -37,13 +38,20 @@ class Layer:
     index: int | None
 
 
+def block_named(model: nn.Module) -> bool:
+    """Whether ``model``'s layers are named by block (``conv4_3``): ``layer_naming`` when the model sets it, else
+    whether it is a VGG (torchvision's and timm's classes are both ``VGG``)."""
+    naming = getattr(model, "layer_naming", None)
+    return naming == "block" if naming is not None else type(model).__name__ == "VGG"
+
+
 def layer_table(model: nn.Module) -> "OrderedDict[str, Layer]":
     """Every nameable layer of ``model``, in forward order."""
     features = getattr(model, "features", None)
     if not isinstance(features, nn.Sequential):
         raise TypeError(f"{type(model).__name__} has no `features` nn.Sequential; zf names and inverts layers of "
                         "models built as features -> classifier (zfnet, torchvision AlexNet/VGG, or your own)")
-    block = getattr(model, "layer_naming", "sequential") == "block"
+    block = block_named(model)
     table: OrderedDict[str, Layer] = OrderedDict()
     conv, blk, in_blk, seen = 0, 1, 0, {}
     for i, (key, m) in enumerate(features.named_children()):
@@ -137,7 +145,7 @@ def resolve_layer(model: nn.Module, layer: int | str, tap: str = "relu") -> Laye
     convs = layer_names(model, "conv")
     if key.isdigit():
         i = int(key)
-        if getattr(model, "layer_naming", "sequential") == "block":
+        if block_named(model):
             cands = [n for n in convs if n.startswith(f"conv{i}_")]
             key = cands[-1] if cands else key
         elif 1 <= i <= len(convs):
@@ -148,7 +156,7 @@ def resolve_layer(model: nn.Module, layer: int | str, tap: str = "relu") -> Laye
     if key not in table:
         close = difflib.get_close_matches(key, list(table) + list(by_path), n=5, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}; " if close else ""
-        if getattr(model, "layer_naming", "sequential") == "block":  # the integers name blocks: their last conv
+        if block_named(model):  # the integers name blocks: their last conv
             blocks = sorted({int(n[4:].split("_")[0]) for n in convs})
             numbers = f"1..{len(blocks)} for the last conv of each block" if blocks else "no numbers"
         else:
