@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # the scripts write figures to files; the library never picks a backend
 
-from zf.views.render import methods_figure  # noqa: E402
+from zf.views.render import methods_overview  # noqa: E402
 from zf.views.results import save_figure  # noqa: E402
 
 
@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=64, help="tile side in pixels (antialiased)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    fig, _ = methods_figure(args.run, args.layers, args.methods, args.units, args.tile)
+    fig, _ = methods_overview(args.run, args.layers, args.methods, args.units, args.tile)
     print(save_figure(fig, args.out or Path(args.run) / "figures" / "methods_overview.png", dpi=100))
 
 

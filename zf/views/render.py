@@ -234,9 +234,9 @@ def log_layer(tracker: Tracker, out: Path, layer: str, table: TopK, methods: Seq
                      + [ldir / f"{m}{s}.npy" for m in methods for s in ("", "_scale")])
 
 
-def methods_figure(run: str | os.PathLike, layers: Sequence[str] | None = None,
-                   methods: Sequence[str] = ("deconvnet", "guided"), units_per_layer: int = 4, tile: int = 64,
-                   seed: int = 0):
+def methods_overview(run: str | os.PathLike, layers: Sequence[str] | None = None,
+                     methods: Sequence[str] = ("deconvnet", "guided"), units_per_layer: int = 4, tile: int = 64,
+                     seed: int = 0):
     """Fig. 2's layout for several layers and methods side by side, from a finished run (no model, no data): for
     ``units_per_layer`` units of each layer (the overview's units, seeded choice), each method's 3x3 projections
     and the 3x3 patches, tiles resampled to ``tile`` px with an antialiasing filter.  Returns (fig, axes)."""
