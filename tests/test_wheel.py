@@ -1,7 +1,8 @@
 """The installed package (a wheel, not an editable install) carries the shipped checkpoint and the Hydra configs:
 build the wheel, install it into a folder outside the checkout, and from a cwd outside the checkout load the default
 model and check its output on a fixed input equals the checkout's; then run the ``zf`` command it installs (``zf
-run`` on Imagenette downloaded on first use from a local server, ``zf render``, ``zf gallery``, ``zf stats``, ``zf train``).
+run`` on Imagenette downloaded on first use from a local server, ``zf render``, ``zf gallery``, ``zf stats``,
+``zf train``).
 About 12 s for the wheel, 50 s for the commands (``-m slow``) (pip builds and installs offline, no dependencies)."""
 import hashlib
 import json

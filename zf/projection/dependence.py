@@ -171,4 +171,5 @@ def dependence_warning(layer: str, method: str, value: float, threshold: float, 
     return f"{head}: {why}"
 
 
-__all__ = ["image_dependence", "edge_alignment", "reverse_context", "max_pool_before", "dependence_warning", "DEFAULT_THRESHOLD"]
+__all__ = ["image_dependence", "edge_alignment", "reverse_context", "max_pool_before", "dependence_warning",
+           "DEFAULT_THRESHOLD"]
