@@ -45,10 +45,9 @@ def projection_stats(run: str | os.PathLike, layers: Sequence[str] | None = None
         ldir = R.layer_dir(run, layer)
         table = TopK.load(ldir / "topk.npz")
         valid = table.image >= 0
-        first = int(table.image[valid][0]) if valid.any() else None
-        if first is None:
+        if not valid.any():
             continue
-        with Image.open(R.source_path(run, first)) as im:
+        with Image.open(R.source_path(run, int(table.image[valid][0]))) as im:
             hw = (im.height, im.width)
         shape = view_shape(table, hw)
         boxes = view_boxes(table.box.reshape(-1, 4), *hw).reshape(table.box.shape)
