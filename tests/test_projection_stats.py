@@ -122,6 +122,12 @@ def test_stats_of_a_run_pair_each_projection_with_its_own_patch(tmp_path, imagen
                              capture_output=True, text=True, timeout=300)
     assert printed.returncode == 0, printed.stderr
     assert f"| relu3 | deconvnet | {s['image_dependence']:.2f} | {s['edge_own']:.2f} |" in printed.stdout
+    # a method the run did not store, a negative blur: one line each, status 2, naming the option
+    for args, said in ((["--methods", "guided"], "--methods guided: run"), (["--sigma", "-1"], "sigma=-1.0")):
+        wrong = subprocess.run([sys.executable, str(REPO / "scripts" / "projection_stats.py"), str(out), *args],
+                               capture_output=True, text=True, timeout=300)
+        assert wrong.returncode == 2 and wrong.stderr.startswith(f"error: {said}"), wrong.stderr
+        assert len(wrong.stderr.strip().splitlines()) == 1
     # a folder that is not a run: one line, status 2
     shutil.rmtree(out / "layers")
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "projection_stats.py"), str(tmp_path)],

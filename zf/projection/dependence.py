@@ -21,7 +21,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from zf.net.layers import resolve_layer
-from zf.errors import LayerError
+from zf.errors import ConfigError, LayerError
 from zf.net.modules import eval_mode, find_module
 
 DEFAULT_THRESHOLD = 0.95  # the run warns above this (configs/run.yaml: image_dependence_warn)
@@ -82,6 +82,8 @@ def edge_alignment(proj: np.ndarray, patches: np.ndarray, inside: np.ndarray | N
     counted}``.  Rows whose projection is zero or whose patch is flat are left out; NaN when none is left.
     Outside the image both maps are zero before the blur and the patch's grey fill is not an edge
     (``_edge_maps``), so a window running past the image border adds nothing."""
+    if not sigma >= 0:
+        raise ConfigError(f"sigma={sigma!r}: the blur before correlating is a width in pixels, 0 or more (default 2)")
     proj = np.asarray(proj, np.float32)
     u, k = proj.shape[:2]
     valid = np.ones((u, k), bool) if valid is None else np.asarray(valid, bool)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from zf.errors import ConfigError
 from zf.mining.table import TopK
 from zf.projection.dependence import edge_alignment, image_dependence
 from zf.views import results as R
@@ -36,10 +37,15 @@ def projection_stats(run: str | os.PathLike, layers: Sequence[str] | None = None
                      methods: Sequence[str] | None = None, sigma: float = 2.0) -> dict[str, dict[str, dict]]:
     """``{layer: {method: {"image_dependence", "edge_own", "edge_shuffled", "rows"}}}`` for a main-job run
     directory (every layer and stored method by default).  ``DataError`` for a folder that is not a finished run or
-    lacks a layer or method."""
+    lacks a layer or an array file; ``ConfigError`` for a method the run did not store or a negative ``sigma``."""
     run = Path(run)
     summary = R.read_summary(run)
-    methods = list(methods or summary.get("methods") or ["deconvnet"])
+    stored = list(summary.get("methods") or ["deconvnet"])
+    methods = list(methods or stored)
+    unknown = [m for m in methods if m not in stored]
+    if unknown:
+        raise ConfigError(f"--methods {' '.join(unknown)}: run {run} stored the projections of {', '.join(stored)} "
+                          "(compare_methods=true stores all three)")
     out: dict[str, dict[str, dict]] = {}
     for layer in R.check_run_files(run, layers, methods):
         ldir = R.layer_dir(run, layer)
